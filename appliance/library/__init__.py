@@ -1,0 +1,1 @@
+"""The model library: what is on disk (inspection, registry, watcher, import)."""

@@ -1,0 +1,375 @@
+"""Given a path, return real metadata read from the file's own header.
+
+One function, `inspect_model`, maps any path to a ModelInfo or raises a typed
+ModelFileError whose message tells the user what is wrong and what to do:
+
+- GGUF (.gguf): architecture, name, parameters, quantisation, context, chat template.
+- legacy GGML (.bin with ggml/ggmf/ggjt magic): variant and llama hyper-parameters.
+- pickled PyTorch weights (.bin/.pt/.pth/.ckpt): refused, since loading runs code.
+- single .safetensors files: dtype and parameter count.
+- Hugging Face folders: config.json, tokenizer, chat template, sharded weights.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import (
+    EmptyModelFile,
+    ModelFileError,
+    NotAModelFile,
+    TruncatedModelFile,
+    UnsafePickleFile,
+    UnsupportedModel,
+)
+from appliance.library.gguf_header import (
+    FILE_TYPE_NAMES,
+    GGML_TYPE_NAMES,
+    GGUFHeader,
+    read_gguf_header,
+)
+from appliance.library.model_info import DEFAULT_BACKEND, ModelInfo, guess_architecture
+
+MODEL_SUFFIXES = (".gguf", ".bin", ".safetensors")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl")
+MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_JSON_FILE = 64 << 20
+
+_GGML_MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
+# Legacy llama.cpp ftype -> name (GGML era).
+_GGML_FTYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 4: "Q4_1_SOME_F16", 7: "Q8_0",
+                8: "Q5_0", 9: "Q5_1"}  # fmt: skip
+_PICKLE_ADVICE = (
+    "Loading a pickle runs arbitrary code, so this app refuses it. Convert the model to "
+    "safetensors (transformers' save_pretrained(..., safe_serialization=True)) or to GGUF "
+    "(llama.cpp's convert_hf_to_gguf.py) on a trusted machine, then import that."
+)
+
+
+def inspect_model(path: Path) -> ModelInfo:
+    """Read a model file or Hugging Face folder's header into a ModelInfo."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist. Check the path and try again.")
+    if path.is_dir():
+        return _inspect_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UnsafePickleFile(f"{path.name} is a pickled PyTorch checkpoint. {_PICKLE_ADVICE}")
+    if suffix not in MODEL_SUFFIXES:
+        raise UnsupportedModel(
+            f"{path.name}: unknown model file type {suffix or '(no extension)'!r}. This app "
+            "loads .gguf, legacy GGML .bin, and Hugging Face folders with .safetensors."
+        )
+    if path.stat().st_size == 0:
+        raise EmptyModelFile(f"{path.name} is empty (0 bytes). Copy the model again.")
+    if suffix == ".gguf":
+        return _inspect_gguf(path)
+    if suffix == ".bin":
+        return _inspect_bin(path)
+    return _inspect_safetensors_file(path)
+
+
+def _inspect_gguf(path: Path) -> ModelInfo:
+    try:
+        header = read_gguf_header(path)
+    except ModelFileError as exc:
+        raise type(exc)(f"{path.name}: {exc}") from None
+    meta = header.metadata
+    arch = meta.get("general.architecture")
+    info = ModelInfo(
+        path=str(path),
+        format="gguf",
+        backend=DEFAULT_BACKEND["gguf"],
+        architecture=arch if isinstance(arch, str) and arch else guess_architecture(path.name),
+        architecture_source="metadata" if isinstance(arch, str) and arch else "filename",
+        size_bytes=header.file_size,
+        name=_str_or_none(meta.get("general.name")),
+        parameters=sum(t.elements for t in header.tensors),
+        quantization=_gguf_quantization(header),
+        context_length=_int_or_none(meta.get(f"{arch}.context_length")),
+        chat_template=bool(meta.get("tokenizer.chat_template")),
+        gguf_version=header.version,
+        tensor_count=len(header.tensors),
+    )
+    if not header.tensors:
+        info.notes.append("The file has no tensors: it holds metadata only (a vocab file?).")
+    if not info.chat_template:
+        info.notes.append("No chat template is embedded: chat uses a plain-text fallback.")
+    return info
+
+
+def _gguf_quantization(header: GGUFHeader) -> str | None:
+    file_type = header.metadata.get("general.file_type")
+    if isinstance(file_type, int) and file_type in FILE_TYPE_NAMES:
+        return FILE_TYPE_NAMES[file_type]
+    # No (known) file type: name the tensor type that holds most of the weights.
+    weights: Counter[int] = Counter()
+    for tensor in header.tensors:
+        weights[tensor.ggml_type] += tensor.elements
+    if not weights:
+        return None
+    top = weights.most_common(1)[0][0]
+    return GGML_TYPE_NAMES.get(top, f"type {top}")
+
+
+def _inspect_bin(path: Path) -> ModelInfo:
+    with path.open("rb") as fh:
+        head = fh.read(32)
+    if head.startswith(b"PK\x03\x04") and _is_torch_zip(path):
+        raise UnsafePickleFile(f"{path.name} is a PyTorch checkpoint (pickle). {_PICKLE_ADVICE}")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise UnsafePickleFile(f"{path.name} is a pickle file. {_PICKLE_ADVICE}")
+    if len(head) < 4:
+        raise TruncatedModelFile(f"{path.name} is only {len(head)} bytes: not a model.")
+    magic = struct.unpack("<I", head[:4])[0]
+    if magic not in _GGML_MAGICS:
+        raise NotAModelFile(
+            f"{path.name} is neither a legacy GGML model (ggml/ggmf/ggjt magic) nor a "
+            "PyTorch checkpoint. Check that the file is a model and copied completely."
+        )
+    return _ggml_info(path, _GGML_MAGICS[magic], head)
+
+
+def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
+    offset = 4
+    version = None
+    if variant != "ggml":
+        version = struct.unpack("<I", head[4:8])[0]
+        offset = 8
+    fields = head[offset : offset + 28]
+    if len(fields) < 28:
+        raise TruncatedModelFile(f"{path.name}: the GGML header ends early; copy it again.")
+    n_vocab, n_embd, _mult, n_head, n_layer, _rot, ftype = struct.unpack("<7i", fields)
+    info = ModelInfo(
+        path=str(path),
+        format="ggml",
+        backend=DEFAULT_BACKEND["ggml"],
+        architecture=guess_architecture(path.name),
+        architecture_source="filename",
+        size_bytes=path.stat().st_size,
+        ggml_variant=variant if version is None else f"{variant} v{version}",
+        quantization=_GGML_FTYPES.get(ftype & 0xFFFF),
+    )
+    info.notes.append(
+        "Legacy GGML headers do not record the architecture or the context length; the "
+        "architecture is guessed from the file name. Converting to GGUF is recommended."
+    )
+    if 0 < n_embd < 1 << 20 and 0 < n_layer < 1 << 12 and 0 < n_head < 1 << 12:
+        info.notes.append(
+            f"llama hyper-parameters: vocab {n_vocab}, embedding {n_embd}, "
+            f"{n_head} heads, {n_layer} layers."
+        )
+    return info
+
+
+def _is_torch_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("data.pkl") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Return (tensor table, parameter count) of a .safetensors file, bounds-checked."""
+    size = path.stat().st_size
+    if size == 0:
+        raise EmptyModelFile(f"{path.name} is empty (0 bytes). Copy the model again.")
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise TruncatedModelFile(f"{path.name} is too short to be a safetensors file.")
+        length = struct.unpack("<Q", raw)[0]
+        if length > MAX_SAFETENSORS_HEADER:
+            raise NotAModelFile(
+                f"{path.name} claims a {length:,}-byte safetensors header: it is corrupted "
+                "or not a safetensors file."
+            )
+        if 8 + length > size:
+            raise TruncatedModelFile(
+                f"{path.name}: the safetensors header ends beyond the end of the file; the "
+                "file is truncated or still being copied."
+            )
+        try:
+            table = json.loads(fh.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise NotAModelFile(f"{path.name}: the safetensors header is not valid JSON.") from None
+    if not isinstance(table, dict):
+        raise NotAModelFile(f"{path.name}: the safetensors header is not a JSON object.")
+    table.pop("__metadata__", None)
+    params = 0
+    for name, entry in table.items():
+        shape, begin_end = _tensor_entry(path, name, entry)
+        if 8 + length + begin_end[1] > size:
+            raise TruncatedModelFile(
+                f"{path.name}: tensor {name!r} ends beyond the end of the file; the file is "
+                "truncated or still being copied."
+            )
+        count = 1
+        for dim in shape:
+            count *= dim
+        params += count
+    return table, params
+
+
+def _tensor_entry(path: Path, name: str, entry: Any) -> tuple[list[int], list[int]]:
+    ok = isinstance(entry, dict)
+    shape = entry.get("shape") if ok else None
+    offsets = entry.get("data_offsets") if ok else None
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and d >= 0 for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and o >= 0 for o in offsets)
+        and isinstance(entry.get("dtype"), str)
+    ):
+        raise NotAModelFile(f"{path.name}: tensor {name!r} has a malformed header entry.")
+    return shape, offsets
+
+
+def _dominant_dtype(table: dict[str, Any]) -> str | None:
+    counts: Counter[str] = Counter()
+    for entry in table.values():
+        n = 1
+        for dim in entry["shape"]:
+            n *= dim
+        counts[entry["dtype"]] += n
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _inspect_safetensors_file(path: Path) -> ModelInfo:
+    table, params = read_safetensors_header(path)
+    info = ModelInfo(
+        path=str(path),
+        format="safetensors",
+        backend=DEFAULT_BACKEND["safetensors"],
+        architecture=guess_architecture(path.name),
+        architecture_source="filename",
+        size_bytes=path.stat().st_size,
+        parameters=params,
+        dtype=_dominant_dtype(table),
+        tensor_count=len(table),
+    )
+    info.quantization = info.dtype
+    info.notes.append(
+        "A single .safetensors file has no config.json or tokenizer: import the whole "
+        "Hugging Face folder to chat with it."
+    )
+    return info
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if path.stat().st_size > MAX_JSON_FILE:
+        raise NotAModelFile(f"{path} is too large to be a {what}.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotAModelFile(
+            f"{path.name} in {path.parent.name}/ is not valid JSON: {exc}."
+        ) from None
+
+
+def _inspect_folder(folder: Path) -> ModelInfo:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UnsupportedModel(
+            f"{folder.name}/ has no config.json, so it is not a Hugging Face model folder. "
+            "Copy the whole folder as downloaded, or import a single .gguf file."
+        )
+    config = _read_json(config_path, "config.json")
+    if not isinstance(config, dict):
+        raise NotAModelFile(f"{folder.name}/config.json is not a JSON object.")
+    shards = _weight_shards(folder)
+    tables = [read_safetensors_header(shard) for shard in shards]
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    info = ModelInfo(
+        path=str(folder),
+        format="hf-folder",
+        backend=DEFAULT_BACKEND["hf-folder"],
+        architecture=model_type
+        if isinstance(model_type, str) and model_type
+        else guess_architecture(folder.name),
+        architecture_source="metadata"
+        if isinstance(model_type, str) and model_type
+        else "filename",
+        size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        name=archs[0] if archs and isinstance(archs[0], str) else folder.name,
+        parameters=sum(params for _, params in tables),
+        dtype=_dominant_dtype({k: v for table, _ in tables for k, v in table.items()}),
+        context_length=_int_or_none(
+            config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
+        ),
+        tokenizer=any(
+            (folder / n).is_file()
+            for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+        ),
+        chat_template=_folder_has_chat_template(folder),
+        shards=len(shards),
+        tensor_count=sum(len(table) for table, _ in tables),
+    )
+    quant = config.get("quantization_config")
+    info.quantization = (
+        str(quant.get("quant_method", "quantized")) if isinstance(quant, dict) else info.dtype
+    )
+    if not info.tokenizer:
+        info.notes.append("No tokenizer files found: the transformers backend cannot load it.")
+    if not info.chat_template:
+        info.notes.append("No chat template: chat uses a plain-text fallback.")
+    return info
+
+
+def _weight_shards(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = _read_json(index, "safetensors index")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise NotAModelFile(f"{folder.name}/{index.name} has no weight_map.")
+        names = sorted({str(v) for v in weight_map.values()})
+        for name in names:
+            shard = (folder / name).resolve()
+            if shard.parent != folder.resolve():
+                raise NotAModelFile(f"{index.name} names a shard outside the folder: {name!r}.")
+            if not shard.is_file():
+                raise TruncatedModelFile(
+                    f"{folder.name}/ is missing the shard {name} listed in {index.name}: the "
+                    "copy is incomplete. Copy the whole folder again."
+                )
+        return [folder / n for n in names]
+    singles = sorted(folder.glob("*.safetensors"))
+    if singles:
+        return singles
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise UnsafePickleFile(
+            f"{folder.name}/ holds only pickled PyTorch weights (.bin/.pt). {_PICKLE_ADVICE}"
+        )
+    raise UnsupportedModel(
+        f"{folder.name}/ has a config.json but no .safetensors weights. Copy the weights too."
+    )
+
+
+def _folder_has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return False
+    data = _read_json(config, "tokenizer_config.json")
+    return isinstance(data, dict) and bool(data.get("chat_template"))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

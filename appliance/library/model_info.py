@@ -1,0 +1,54 @@
+"""ModelInfo: what the library knows about one model, read from its own header."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMATS = ("gguf", "ggml", "safetensors", "hf-folder")
+BACKENDS = ("llama.cpp", "ctransformers", "transformers", "openai")
+DEFAULT_BACKEND = {
+    "gguf": "llama.cpp",
+    "ggml": "ctransformers",
+    "safetensors": "transformers",
+    "hf-folder": "transformers",
+}
+
+
+@dataclass
+class ModelInfo:
+    """Metadata of a model file or folder. Fields are None when the format lacks them."""
+
+    path: str
+    format: str
+    backend: str
+    architecture: str
+    architecture_source: str  # "metadata" or "filename"
+    size_bytes: int
+    name: str | None = None
+    parameters: int | None = None
+    quantization: str | None = None
+    dtype: str | None = None
+    context_length: int | None = None
+    chat_template: bool | None = None
+    tokenizer: bool | None = None
+    gguf_version: int | None = None
+    ggml_variant: str | None = None
+    shards: int | None = None
+    tensor_count: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def guess_architecture(filename: str) -> str:
+    """The seed's fallback when the header has no architecture: guess from the name."""
+    name = filename.lower()
+    if "qwen" in name:
+        return "qwen2"
+    if "deepseek" in name or "starcoder" in name:
+        return "starcoder"
+    if "mistral" in name or "mixtral" in name:
+        return "mistral"
+    return "llama"
