@@ -20,6 +20,7 @@ MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 16
 MAX_DIMS = 8
 MAX_STRING = 64 << 20
+MAX_ARRAY = 1 << 26
 DEFAULT_ALIGNMENT = 32
 
 # Keys whose (large) array values are not kept: only their length is recorded.
@@ -34,7 +35,7 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     6: (32, 22),  # Q5_0
     7: (32, 24),  # Q5_1
     8: (32, 34),  # Q8_0
-    9: (32, 36),  # Q8_1
+    9: (32, 40),  # Q8_1
     10: (256, 84),  # Q2_K
     11: (256, 110),  # Q3_K
     12: (256, 144),  # Q4_K
@@ -59,6 +60,8 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     34: (256, 54),  # TQ1_0
     35: (256, 66),  # TQ2_0
     39: (32, 17),  # MXFP4
+    40: (64, 36),  # NVFP4
+    41: (128, 18),  # Q1_0
 }
 
 GGML_TYPE_NAMES: dict[int, str] = {
@@ -66,7 +69,7 @@ GGML_TYPE_NAMES: dict[int, str] = {
     10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
     16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
     22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
 }  # fmt: skip
 
 # llama.cpp's `general.file_type` (enum llama_ftype) -> the name people use.
@@ -155,10 +158,10 @@ class _Reader:
         if vtype == _ARRAY:
             etype = self.scalar("<I", f"the array type of {key!r}")
             length = self.count(f"the array length of {key!r}")
-            if length > self.size:
+            if length > MAX_ARRAY:
                 raise NotAModelFile(
-                    f"The GGUF header claims {length:,} items for {key!r}, more than the "
-                    "file could hold: the file is corrupted."
+                    f"The GGUF header claims {length:,} items for {key!r} (the limit is "
+                    f"{MAX_ARRAY:,}): the file is corrupted or not a real GGUF model."
                 )
             items = [self.value(etype, key, keep) for _ in range(length)]
             return items if keep else length

@@ -120,7 +120,7 @@ def _gguf_quantization(header: GGUFHeader) -> str | None:
 
 def _inspect_bin(path: Path) -> ModelInfo:
     with path.open("rb") as fh:
-        head = fh.read(32)
+        head = fh.read(64)
     if head.startswith(b"PK\x03\x04") and _is_torch_zip(path):
         raise UnsafePickleFile(f"{path.name} is a PyTorch checkpoint (pickle). {_PICKLE_ADVICE}")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

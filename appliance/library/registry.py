@@ -244,4 +244,5 @@ def _require(entry: dict, key: str, kind: type, check: Any, expected: str, label
         raise ValueError(f"{where}'{key}' is missing")
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok or (check is not None and not check(value)):
-        raise ValueError(f"{where}'{key}' is {value!r}; expected {expected}")
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{where}'{key}' is {shown}; expected {expected}")

@@ -1,0 +1,186 @@
+"""GGUF inspection on the real demo model, small written files, and corrupted ones."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance.errors import (
+    EmptyModelFile,
+    ModelFileError,
+    NotAModelFile,
+    TruncatedModelFile,
+)
+from appliance.library.gguf_header import GGML_TYPE_SIZES
+from appliance.library.inspect import inspect_model
+from tests.helpers import write_gguf
+
+
+def test_demo_model_metadata(demo_model: Path) -> None:
+    info = inspect_model(demo_model)
+    assert info.format == "gguf"
+    assert info.architecture == "llama"
+    assert info.architecture_source == "metadata"
+    assert info.parameters == 134_515_008
+    assert info.quantization == "Q4_1"
+    assert info.context_length == 8192
+    assert info.chat_template is True
+    assert info.backend == "llama.cpp"
+    assert info.gguf_version == 3
+    assert info.size_bytes == 98_362_432
+    assert info.tensor_count == 272
+
+
+def test_written_gguf(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "tiny.gguf", "qwen2", name="Tiny Qwen", context=4096, file_type=15)
+    info = inspect_model(path)
+    assert (info.architecture, info.name, info.context_length) == ("qwen2", "Tiny Qwen", 4096)
+    assert info.quantization == "Q4_K_M"
+    assert info.parameters == 32 * 16 + 8 * 16
+    assert info.chat_template is True
+    assert info.notes == []
+
+
+def test_base_model_without_template_and_file_type(tmp_path: Path) -> None:
+    tensors = {"a": np.ones((64, 4), dtype=np.float16), "b": np.ones((2,), dtype=np.float32)}
+    path = write_gguf(tmp_path / "base.gguf", file_type=None, chat_template=None, tensors=tensors)
+    info = inspect_model(path)
+    assert info.chat_template is False
+    assert info.quantization == "F16"  # the type holding most weights
+    assert "No chat template is embedded: chat uses a plain-text fallback." in info.notes
+
+
+def test_architecture_falls_back_to_file_name(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "qwen-tiny.gguf", arch="")
+    info = inspect_model(path)
+    assert (info.architecture, info.architecture_source) == ("qwen2", "filename")
+
+
+def test_type_table_matches_gguf_package() -> None:
+    for qtype, sizes in gguf.GGML_QUANT_SIZES.items():
+        assert GGML_TYPE_SIZES[int(qtype)] == sizes, qtype.name
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(b"")
+    with pytest.raises(EmptyModelFile, match=r"^empty.gguf is empty \(0 bytes\). Copy the model"):
+        inspect_model(path)
+
+
+@pytest.mark.parametrize("keep", [3, 10, 200, 5_000, 1_000_000, 98_362_432 - 1])
+def test_truncated_demo_model(demo_model: Path, tmp_path: Path, keep: int) -> None:
+    path = tmp_path / "cut.gguf"
+    with demo_model.open("rb") as src, path.open("wb") as dst:
+        dst.write(src.read(keep))
+    with pytest.raises(ModelFileError) as err:
+        inspect_model(path)
+    assert isinstance(err.value, TruncatedModelFile | NotAModelFile)
+    message = str(err.value)
+    assert message.startswith("cut.gguf: ")
+    if keep > 4:
+        assert isinstance(err.value, TruncatedModelFile)
+        assert "truncated or still being copied" in message
+
+
+def test_truncated_data_names_the_tensor(demo_model: Path, tmp_path: Path) -> None:
+    path = tmp_path / "cut.gguf"
+    with demo_model.open("rb") as src, path.open("wb") as dst:
+        dst.write(src.read(98_362_432 - 1))
+    with pytest.raises(TruncatedModelFile, match=r"Tensor '[^']+' ends at byte 98,362,432 but the"):
+        inspect_model(path)
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.gguf"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(NotAModelFile, match="does not start with the GGUF magic number"):
+        inspect_model(path)
+
+
+def test_text_with_model_extension(tmp_path: Path) -> None:
+    path = tmp_path / "readme.gguf"
+    path.write_text("This is not a model, just text.\n" * 10)
+    with pytest.raises(
+        NotAModelFile, match=r"^readme.gguf: This file does not start with the GGUF"
+    ):
+        inspect_model(path)
+
+
+def _header(version: int, n_tensors: int, n_kv: int) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv)
+
+
+def test_absurd_tensor_count(tmp_path: Path) -> None:
+    path = tmp_path / "absurd.gguf"
+    path.write_bytes(_header(3, 2**60, 0) + b"\0" * 64)
+    with pytest.raises(NotAModelFile, match=r"claims 1,152,921,504,606,846,976 tensors"):
+        inspect_model(path)
+
+
+def test_absurd_string_length(tmp_path: Path) -> None:
+    path = tmp_path / "absurd.gguf"
+    path.write_bytes(_header(3, 0, 1) + struct.pack("<Q", 2**62) + b"\0" * 64)
+    with pytest.raises(NotAModelFile, match=r"claims a 4,611,686,018,427,387,904-byte string"):
+        inspect_model(path)
+
+
+def test_absurd_array_length(tmp_path: Path) -> None:
+    key = b"general.tags"
+    body = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 4, 2**40)
+    path = tmp_path / "absurd.gguf"
+    path.write_bytes(_header(3, 0, 1) + body)
+    with pytest.raises(NotAModelFile, match=r"claims 1,099,511,627,776 items for 'general.tags'"):
+        inspect_model(path)
+
+
+def test_unknown_version(tmp_path: Path) -> None:
+    path = tmp_path / "v9.gguf"
+    path.write_bytes(_header(9, 0, 0))
+    with pytest.raises(NotAModelFile, match="GGUF version 9 is unknown"):
+        inspect_model(path)
+
+
+def test_gguf_v1_header(tmp_path: Path) -> None:
+    """Version 1 used 32-bit counts and lengths."""
+    key, value = b"general.architecture", b"llama"
+    kv = struct.pack("<I", len(key)) + key + struct.pack("<II", 8, len(value)) + value
+    path = tmp_path / "old.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<III", 1, 0, 1) + kv)
+    info = inspect_model(path)
+    assert (info.gguf_version, info.architecture, info.parameters) == (1, "llama", 0)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_never_crash(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "fuzz.gguf"
+    path.write_bytes(b"GGUF" + data)
+    try:
+        inspect_model(path)
+    except ModelFileError as exc:
+        assert str(exc).startswith("fuzz.gguf")
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.integers(min_value=0, max_value=927), st.integers(min_value=0, max_value=255))
+def test_flipped_byte_in_small_gguf(tmp_path: Path, offset: int, value: int) -> None:
+    path = write_gguf(tmp_path / "flip.gguf")
+    raw = bytearray(path.read_bytes())
+    raw[offset % len(raw)] = value
+    path.write_bytes(bytes(raw))
+    try:
+        inspect_model(path)
+    except ModelFileError:
+        pass
