@@ -73,6 +73,7 @@ def import_path(
         raise ImportRefused(f"Unknown import mode {mode!r}; use copy, link or in-place.")
     source = Path(os.path.abspath(Path(source).expanduser()))
     info = inspect_model(source)  # refuses bad or unsafe files before any byte is copied
+    library.check_backend(info, backend)
     options = {"name": name, "backend": backend, "architecture": architecture}
     if mode == "in-place":
         inside = library.relative(source) is not None
@@ -242,10 +243,14 @@ class Upload:
         self._fh.close()
         self._fh = None
         try:
-            inspect_model(self.tmp)
+            info = inspect_model(self.tmp)
+            self.library.check_backend(info, options.get("backend"))
         except ModelFileError as exc:
             self.abort()
             raise type(exc)(str(exc).replace(self.tmp.name, self.target.name)) from None
+        except ImportRefused:
+            self.abort()
+            raise
         target = free_name(self.target)
         _commit(self.tmp, target)
         return self.library.register(target, sha256=self._digest.hexdigest(), **options)

@@ -78,6 +78,14 @@ class Library:
         except ValueError:
             return None
 
+    def is_current(self, path: Path) -> bool:
+        """Whether path is registered, present, and unchanged since (same size and mtime)."""
+        rel = self.relative(path)
+        entry = self.registry.load().find_by_path(rel if rel is not None else str(path))
+        if entry is None or entry["status"] != "present" or not path.exists():
+            return False
+        return entry.get("mtime") == _mtime(path)
+
     # -- changing ------------------------------------------------------------------
     def register(
         self,
@@ -95,9 +103,10 @@ class Library:
         info = info or inspect_model(path)
         stored = self._stored_path(path, external)
         backend_choice = backend
-        backend = self._check_backend(info, backend)
+        backend = self.check_backend(info, backend)
+        mtime = _mtime(path)
         with self.registry.transaction() as data:
-            entry = data.find_by_path(stored)
+            entry = data.find_by_path(stored) or _moved_entry(data, path, info, mtime)
             if entry is None:
                 entry = {
                     "id": data.new_id(name or _default_name(path)),
@@ -109,7 +118,6 @@ class Library:
                 data.models[entry["id"]] = entry
             elif name:
                 entry["name"] = name
-            mtime = _mtime(path)
             changed = (entry.get("size_bytes"), entry.get("mtime")) != (info.size_bytes, mtime)
             user_arch = entry.get("architecture_source") == "user"
             kept = {"architecture": entry["architecture"]} if user_arch else {}
@@ -262,24 +270,9 @@ class Library:
         except Exception as exc:
             report.rejected[rel] = str(exc)
             return
-        moved = self._match_missing(candidate, info)
-        if moved:
-            self.mark_moved(self.resolve(moved), candidate)
-            report.moved.append(moved["id"])
-            return
-        report.added.append(self.register(candidate, info=info)["id"])
-
-    def _match_missing(self, candidate: Path, info: ModelInfo) -> dict[str, Any] | None:
-        """A missing entry with the same file name and size: moved while the app was down."""
-        for entry in self.entries():
-            if (
-                entry["status"] == "missing"
-                and not entry["external"]
-                and Path(entry["path"]).name == candidate.name
-                and entry["size_bytes"] == info.size_bytes
-            ):
-                return entry
-        return None
+        missing = {e["id"] for e in self.entries() if e["status"] == "missing"}
+        entry = self.register(candidate, info=info)
+        (report.moved if entry["id"] in missing else report.added).append(entry["id"])
 
     # -- internals ---------------------------------------------------------------------
     def _stored_path(self, path: Path, external: bool) -> str:
@@ -293,7 +286,8 @@ class Library:
             "register it where it is with --in-place."
         )
 
-    def _check_backend(self, info: ModelInfo, backend: str | None) -> str:
+    def check_backend(self, info: ModelInfo, backend: str | None) -> str:
+        """The backend to use for info: the chosen one if it can load the format."""
         allowed = COMPATIBLE[info.format]
         if not allowed:
             raise ImportRefused(
@@ -327,6 +321,17 @@ class Library:
             current_entry = data.models.get(model_id)
             if current_entry and current_entry["path"] == entry["path"] and _mtime(path) == mtime:
                 current_entry["sha256"] = digest
+
+
+def _moved_entry(data, path: Path, info: ModelInfo, mtime: int) -> dict[str, Any] | None:
+    """A missing entry that is this file moved or renamed: same size and mtime, or
+    same file name and size (a move keeps both; a fresh copy gets a new mtime)."""
+    for entry in data.models.values():
+        if entry["status"] != "missing" or entry["size_bytes"] != info.size_bytes:
+            continue
+        if entry.get("mtime") == mtime or Path(entry["path"]).name == path.name:
+            return entry
+    return None
 
 
 def _default_name(path: Path) -> str:

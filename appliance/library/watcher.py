@@ -37,7 +37,7 @@ class WatchEvent:
     """One thing the watcher did, for the UI's live list and `appliance models watch`."""
 
     at: float
-    action: str  # registered, rejected, waiting, missing, moved
+    action: str  # registered, rejected, waiting, missing, moved, error
     path: str
     detail: str = ""
 
@@ -56,12 +56,17 @@ class _Handler(FileSystemEventHandler):
         if event.event_type in ("opened", "closed_no_write"):
             return
         src = Path(os.fsdecode(event.src_path))
-        if event.event_type == "deleted":
-            self.watcher.on_deleted(src)
-        elif event.event_type == "moved":
-            self.watcher.on_moved(src, Path(os.fsdecode(event.dest_path)))
-        else:
-            self.watcher.touch(src)
+        try:
+            if event.event_type == "deleted":
+                self.watcher.on_deleted(src)
+            elif event.event_type == "moved":
+                self.watcher.on_moved(src, Path(os.fsdecode(event.dest_path)))
+            else:
+                self.watcher.touch(src)
+        except ApplianceError as exc:  # a corrupt registry, say: report it, keep watching
+            self.watcher.report_error(src, exc)
+        except Exception:
+            log.exception("watcher failed on %s", event)
 
 
 class DropInWatcher:
@@ -183,6 +188,10 @@ class DropInWatcher:
             for candidate, (signature, since) in pending:
                 try:
                     self._check(candidate, signature, since)
+                except ApplianceError as exc:
+                    self.report_error(candidate, exc)
+                    with self._lock:
+                        self._pending.pop(candidate, None)
                 except Exception:
                     log.exception("watcher check of %s failed", candidate)
                     with self._lock:
@@ -207,17 +216,28 @@ class DropInWatcher:
         self._register(candidate)
 
     def _register(self, candidate: Path) -> None:
+        if self.library.is_current(candidate):
+            return  # an event that changed nothing (attributes, a reader)
         try:
+            missing = {e["id"] for e in self.library.entries() if e["status"] == "missing"}
             entry = self.library.register(candidate)
         except TruncatedModelFile as exc:
             self._record("waiting", candidate, f"incomplete, not registered yet ({exc})")
         except ApplianceError as exc:
             self._record("rejected", candidate, str(exc))
         else:
-            self._record("registered", candidate, f"id {entry['id']}, {entry['backend']}")
+            action = "moved" if entry["id"] in missing else "registered"
+            self._record(action, candidate, f"id {entry['id']}, {entry['backend']}")
+
+    def report_error(self, path: Path, exc: Exception) -> None:
+        self._record("error", path, str(exc))
 
     def _initial_scan(self) -> None:
-        report = self.library.scan(settle_s=self.settle_s)
+        try:
+            report = self.library.scan(settle_s=self.settle_s)
+        except ApplianceError as exc:
+            self.report_error(self.root, exc)
+            return
         for model_id in report.added:
             self._record("registered", Path(self.library.get(model_id)["path"]), f"id {model_id}")
         for model_id in report.missing:

@@ -1,0 +1,186 @@
+"""The drop-in watcher with real files copied slowly into a temporary models/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.library.library import Library
+from appliance.library.watcher import DropInWatcher
+from tests.helpers import make_hf_folder, slow_copy, write_gguf
+
+
+def wait_for(check: Callable[[], object], timeout: float = 6.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    return check()
+
+
+def by_path(library: Library, rel: str) -> dict | None:
+    return next((e for e in library.entries() if e["path"] == rel), None)
+
+
+@pytest.fixture(params=["inotify", "polling"])
+def watcher(request, library: Library) -> Iterator[DropInWatcher]:
+    w = DropInWatcher(library, polling=request.param == "polling").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def inotify_watcher(library: Library) -> Iterator[DropInWatcher]:
+    w = DropInWatcher(library).start()
+    yield w
+    w.stop()
+
+
+def test_polling_is_chosen_by_environment(library: Library, monkeypatch) -> None:
+    monkeypatch.setenv("APPLIANCE_WATCHER", "polling")
+    assert DropInWatcher(library).polling is True
+    monkeypatch.delenv("APPLIANCE_WATCHER")
+    assert DropInWatcher(library).polling is False
+
+
+def test_slow_copy_registers_only_once_complete(
+    watcher: DropInWatcher, library: Library, demo_model: Path
+) -> None:
+    target = library.paths.models / demo_model.name
+    seen_early: list[dict] = []
+    done = threading.Event()
+
+    def spy() -> None:
+        while not done.is_set():
+            if by_path(library, demo_model.name):
+                seen_early.append(by_path(library, demo_model.name))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=spy)
+    thread.start()
+    finished = slow_copy(demo_model, target, chunks=12, pause=0.3)
+    done.set()
+    thread.join()
+    assert seen_early == [], "registered while the copy was still going"
+    entry = wait_for(lambda: by_path(library, demo_model.name), timeout=5)
+    assert entry, "not registered after the copy finished"
+    assert time.monotonic() - finished <= 3.0
+    assert entry["metadata"]["parameters"] == 134_515_008
+    assert wait_for(lambda: library.get(entry["id"])["sha256"], timeout=20) == (
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    )
+
+
+def test_stalled_copy_is_not_registered(
+    inotify_watcher: DropInWatcher, library: Library, demo_model: Path
+) -> None:
+    """A copy that pauses longer than the settle time is still not registered half-done."""
+    target = library.paths.models / "stalled.gguf"
+    data = demo_model.read_bytes()
+    with target.open("wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        time.sleep(2.5)  # longer than the 1.5 s settle time
+        assert by_path(library, "stalled.gguf") is None
+        assert any(e.action == "waiting" for e in inotify_watcher.events)
+        fh.write(data[len(data) // 2 :])
+    assert wait_for(lambda: by_path(library, "stalled.gguf"), timeout=3)
+
+
+def test_partial_names_are_ignored_until_renamed(
+    watcher: DropInWatcher, library: Library, tmp_path: Path
+) -> None:
+    models = library.paths.models
+    for name in ("a.gguf.part", "b.gguf.partial", "c.gguf.tmp", "d.gguf.crdownload", ".e.gguf"):
+        write_gguf(models / name)
+    time.sleep(2.5)
+    assert library.entries() == []
+    (models / "a.gguf.part").rename(models / "a.gguf")
+    assert wait_for(lambda: by_path(library, "a.gguf"), timeout=3)
+    assert [e["path"] for e in library.entries()] == ["a.gguf"]
+
+
+def test_delete_marks_missing_and_rename_updates_path(
+    watcher: DropInWatcher, library: Library
+) -> None:
+    models = library.paths.models
+    write_gguf(models / "keep.gguf")
+    entry = wait_for(lambda: by_path(library, "keep.gguf"))
+    (models / "sub").mkdir()
+    (models / "keep.gguf").rename(models / "sub" / "renamed.gguf")
+    moved = wait_for(lambda: by_path(library, "sub/renamed.gguf"))
+    assert moved and moved["id"] == entry["id"] and moved["status"] == "present"
+    (models / "sub" / "renamed.gguf").unlink()
+    assert wait_for(lambda: library.get(entry["id"])["status"] == "missing")
+    assert len(library.entries()) == 1
+
+
+def test_hf_folder_copied_in_registers_once(
+    watcher: DropInWatcher, library: Library, tmp_path: Path
+) -> None:
+    source = make_hf_folder(tmp_path / "src" / "tiny-llama", sharded=True)
+    dest = library.paths.models / "tiny-llama"
+    dest.mkdir()
+    for path in sorted(source.iterdir()):
+        shutil.copy(path, dest / path.name)
+        time.sleep(0.2)
+    entry = wait_for(lambda: by_path(library, "tiny-llama"))
+    assert entry and entry["format"] == "hf-folder" and entry["metadata"]["shards"] == 2
+    time.sleep(0.5)
+    assert [e["path"] for e in library.entries()] == ["tiny-llama"]
+
+
+def test_bad_file_is_rejected_with_reason(watcher: DropInWatcher, library: Library) -> None:
+    (library.paths.models / "notes.gguf").write_text("not a model")
+    event = wait_for(lambda: [e for e in watcher.events if e.action == "rejected"])
+    assert event[0].path == "notes.gguf"
+    assert "does not start with the GGUF magic number" in event[0].detail
+    assert library.entries() == []
+
+
+def test_startup_scan_catches_up(library: Library) -> None:
+    models = library.paths.models
+    gone = library.register(write_gguf(models / "gone.gguf"))
+    (models / "gone.gguf").unlink()
+    write_gguf(models / "old.gguf", name="old")
+    write_gguf(models / "new.gguf", name="new")
+    settled = time.time() - 10
+    os.utime(models / "old.gguf", (settled, settled))
+    w = DropInWatcher(library).start()
+    try:
+        # Changes made while the app was down are picked up by the scan at start...
+        assert library.get(gone["id"])["status"] == "missing"
+        assert by_path(library, "old.gguf")
+        # ...except a file modified just now, which may still be copying: it waits.
+        assert by_path(library, "new.gguf") is None
+        assert wait_for(lambda: by_path(library, "new.gguf"), timeout=3)
+        assert [e.action for e in w.events] == ["registered", "missing", "registered"]
+    finally:
+        w.stop()
+
+
+def test_move_while_down_is_followed(library: Library) -> None:
+    models = library.paths.models
+    entry = library.register(write_gguf(models / "m.gguf"))
+    (models / "moved").mkdir()
+    (models / "m.gguf").rename(models / "moved" / "m.gguf")
+    report = library.scan()
+    assert report.moved == [entry["id"]]
+    assert library.get(entry["id"])["path"] == "moved/m.gguf"
+    assert len(library.entries()) == 1
+
+
+def test_symlinks_are_not_followed(
+    watcher: DropInWatcher, library: Library, tmp_path: Path
+) -> None:
+    (library.paths.models / "link.gguf").symlink_to(write_gguf(tmp_path / "real.gguf"))
+    time.sleep(2.5)
+    assert library.entries() == []
