@@ -38,13 +38,16 @@ def defaults() -> dict[str, Any]:
     return {s.name: s.default for s in SETTINGS}
 
 
-def validate(values: Any, where: str = "defaults") -> dict[str, Any]:
+def validate(
+    values: Any, where: str = "defaults", table: tuple[Setting, ...] = SETTINGS
+) -> dict[str, Any]:
     """Return a complete, checked settings dict; raise ValueError naming the bad field."""
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be an object")
-    result = defaults()
+    by_name = {s.name: s for s in table}
+    result = {s.name: s.default for s in table}
     for key, value in values.items():
-        setting = BY_NAME.get(key)
+        setting = by_name.get(key)
         if setting is None:
             raise ValueError(f"{where}.{key} is not a known setting")
         result[key] = _check(setting, value, where)

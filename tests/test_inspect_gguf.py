@@ -183,3 +183,8 @@ def test_flipped_byte_in_small_gguf(tmp_path: Path, offset: int, value: int) -> 
     path.write_bytes(bytes(raw))
     with contextlib.suppress(ModelFileError):
         inspect_model(path)
+
+
+def test_demo_model_geometry(demo_model: Path) -> None:
+    info = inspect_model(demo_model)
+    assert (info.layers, info.embedding, info.heads, info.kv_heads) == (30, 576, 9, 3)

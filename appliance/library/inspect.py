@@ -96,6 +96,10 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         chat_template=bool(meta.get("tokenizer.chat_template")),
         gguf_version=header.version,
         tensor_count=len(header.tensors),
+        layers=_int_or_none(meta.get(f"{arch}.block_count")),
+        embedding=_int_or_none(meta.get(f"{arch}.embedding_length")),
+        heads=_int_or_none(meta.get(f"{arch}.attention.head_count")),
+        kv_heads=_int_or_none(meta.get(f"{arch}.attention.head_count_kv")),
     )
     if not header.tensors:
         info.notes.append("The file has no tensors: it holds metadata only (a vocab file?).")
@@ -290,7 +294,6 @@ def _inspect_folder(folder: Path) -> ModelInfo:
     tables = [read_safetensors_header(shard) for shard in shards]
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     info = ModelInfo(
         path=str(folder),
         format="hf-folder",
@@ -305,9 +308,7 @@ def _inspect_folder(folder: Path) -> ModelInfo:
         name=archs[0] if archs and isinstance(archs[0], str) else folder.name,
         parameters=sum(params for _, params in tables),
         dtype=_dominant_dtype({k: v for table, _ in tables for k, v in table.items()}),
-        context_length=_int_or_none(
-            config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
-        ),
+        context_length=_int_or_none(_config_value(config, "max_position_embeddings")),
         tokenizer=any(
             (folder / n).is_file()
             for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -315,6 +316,10 @@ def _inspect_folder(folder: Path) -> ModelInfo:
         chat_template=_folder_has_chat_template(folder),
         shards=len(shards),
         tensor_count=sum(len(table) for table, _ in tables),
+        layers=_int_or_none(_config_value(config, "num_hidden_layers", "n_layer")),
+        embedding=_int_or_none(_config_value(config, "hidden_size", "n_embd")),
+        heads=_int_or_none(_config_value(config, "num_attention_heads", "n_head")),
+        kv_heads=_int_or_none(_config_value(config, "num_key_value_heads")),
     )
     quant = config.get("quantization_config")
     info.quantization = (
@@ -365,6 +370,16 @@ def _folder_has_chat_template(folder: Path) -> bool:
         return False
     data = _read_json(config, "tokenizer_config.json")
     return isinstance(data, dict) and bool(data.get("chat_template"))
+
+
+def _config_value(config: dict[str, Any], *keys: str) -> Any:
+    """The first of keys found in config.json or in its text_config."""
+    text_config = config.get("text_config")
+    for source in (config, text_config if isinstance(text_config, dict) else {}):
+        for key in keys:
+            if key in source:
+                return source[key]
+    return None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -371,6 +371,10 @@ def _entry_fields(
             "ggml_variant": info.ggml_variant,
             "shards": info.shards,
             "tensor_count": info.tensor_count,
+            "layers": info.layers,
+            "embedding": info.embedding,
+            "heads": info.heads,
+            "kv_heads": info.kv_heads,
             "notes": info.notes,
         },
     }

@@ -36,6 +36,10 @@ class ModelInfo:
     ggml_variant: str | None = None
     shards: int | None = None
     tensor_count: int | None = None
+    layers: int | None = None
+    embedding: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

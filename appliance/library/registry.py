@@ -30,7 +30,8 @@ VERSION = 1
 STATUSES = ("present", "missing")
 METADATA_KEYS = (
     "model_name", "parameters", "quantization", "dtype", "context_length", "chat_template",
-    "tokenizer", "gguf_version", "ggml_variant", "shards", "tensor_count", "notes",
+    "tokenizer", "gguf_version", "ggml_variant", "shards", "tensor_count", "layers",
+    "embedding", "heads", "kv_heads", "notes",
 )  # fmt: skip
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")

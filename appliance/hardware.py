@@ -1,0 +1,99 @@
+"""What this machine has (RAM, cores, GPUs) and whether a model will fit in it.
+
+psutil for memory and cores; NVIDIA GPUs through nvidia-ml-py when it and a driver are
+present. The estimate is the weights' size plus the KV cache for the chosen context,
+computed from the layer and head counts read from the model's header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+COMPUTE_OVERHEAD = 256 << 20  # scratch buffers, runtime, tokenizer
+TIGHT_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class Hardware:
+    total_ram: int
+    available_ram: int
+    physical_cores: int
+    logical_cores: int
+    gpus: list[Gpu] = field(default_factory=list)
+
+
+def snapshot() -> Hardware:
+    memory = psutil.virtual_memory()
+    logical = psutil.cpu_count(logical=True) or 1
+    return Hardware(
+        total_ram=memory.total,
+        available_ram=memory.available,
+        physical_cores=psutil.cpu_count(logical=False) or logical,
+        logical_cores=logical,
+        gpus=_nvidia_gpus(),
+    )
+
+
+def _nvidia_gpus() -> list[Gpu]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver or no GPU: the library raises its own error types
+        return []
+    gpus = []
+    try:
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append(
+                Gpu(name if isinstance(name, str) else name.decode(), info.total, info.free)
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    return gpus
+
+
+def kv_cache_bytes(metadata: dict[str, Any], n_ctx: int) -> int:
+    """f16 K and V for every layer: 2 * layers * n_ctx * embedding * kv_heads/heads * 2."""
+    layers, embedding = metadata.get("layers"), metadata.get("embedding")
+    if not layers or not embedding:
+        return 0
+    heads = metadata.get("heads") or 1
+    kv_heads = metadata.get("kv_heads") or heads
+    return int(2 * layers * n_ctx * embedding * kv_heads / heads * 2)
+
+
+def memory_needed(entry: dict[str, Any], n_ctx: int | None = None) -> int:
+    """Bytes a model needs resident: weights, KV cache for n_ctx, and overhead."""
+    metadata = entry.get("metadata", {})
+    ctx = n_ctx or metadata.get("context_length") or 2048
+    return entry.get("size_bytes", 0) + kv_cache_bytes(metadata, ctx) + COMPUTE_OVERHEAD
+
+
+def fit(entry: dict[str, Any], hardware: Hardware, n_ctx: int | None = None) -> str:
+    """'fits', 'tight' or "won't fit" for the model in the free RAM (or free VRAM)."""
+    if entry.get("format") == "openai":
+        return "remote"
+    needed = memory_needed(entry, n_ctx)
+    free = max([hardware.available_ram, *(g.free_bytes for g in hardware.gpus)])
+    if needed <= free * TIGHT_FRACTION:
+        return "fits"
+    if needed <= free:
+        return "tight"
+    return "won't fit"

@@ -1,0 +1,62 @@
+"""App settings (config/app.json) and the hardware fit estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from appliance import hardware, settings
+from appliance.hardware import Gpu, Hardware
+
+
+def test_defaults_then_save_and_reload(appliance_home: Path) -> None:
+    assert settings.load() == {"auto_lock_minutes": 15, "keep_alive_minutes": 30,
+                               "n_threads": 0, "n_ctx": 0}  # fmt: skip
+    settings.save({"auto_lock_minutes": 5})
+    assert settings.load()["auto_lock_minutes"] == 5
+    stored = appliance_home / "config" / "app.json"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert json.loads(stored.read_text())["keep_alive_minutes"] == 30
+
+
+def test_out_of_bounds_is_refused_and_file_kept(appliance_home: Path) -> None:
+    settings.save({"keep_alive_minutes": 0})
+    before = (appliance_home / "config" / "app.json").read_bytes()
+    with pytest.raises(
+        settings.SettingsFileError, match="settings.auto_lock_minutes must be between 1 and 1440"
+    ):
+        settings.save({"auto_lock_minutes": 0})
+    assert (appliance_home / "config" / "app.json").read_bytes() == before
+
+
+def test_corrupt_file_is_named(appliance_home: Path) -> None:
+    (appliance_home / "config" / "app.json").write_text("{]")
+    with pytest.raises(
+        settings.SettingsFileError,
+        match=r"app.json is not valid JSON .* delete it to return to the defaults",
+    ):
+        settings.load()
+
+
+def test_snapshot_reads_this_machine() -> None:
+    hw = hardware.snapshot()
+    assert hw.total_ram > hw.available_ram > 0
+    assert hw.logical_cores >= hw.physical_cores >= 1
+
+
+def test_fit_uses_the_header_kv_geometry() -> None:
+    info = {"size_bytes": 98_362_432, "format": "gguf",
+            "metadata": {"layers": 30, "embedding": 576, "heads": 9, "kv_heads": 3,
+                         "context_length": 8192}}  # fmt: skip
+    # 2 (K,V) * 30 layers * 8192 tokens * 576 * 3/9 * 2 bytes = 188,743,680 bytes
+    assert hardware.kv_cache_bytes(info["metadata"], 8192) == 188_743_680
+    needed = hardware.memory_needed(info)
+    assert needed == 98_362_432 + 188_743_680 + hardware.COMPUTE_OVERHEAD
+    roomy = Hardware(16 << 30, 8 << 30, 2, 2)
+    assert hardware.fit(info, roomy) == "fits"
+    assert hardware.fit(info, Hardware(16 << 30, int(needed / 0.9), 2, 2)) == "tight"
+    assert hardware.fit(info, Hardware(16 << 30, needed - 1, 2, 2)) == "won't fit"
+    gpu = Hardware(16 << 30, 1, 2, 2, [Gpu("test", 8 << 30, 8 << 30)])
+    assert hardware.fit(info, gpu) == "fits"
