@@ -10,12 +10,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := llama,legacy,transformers,dev
 
-.PHONY: run test install demo-model lint bench
+.PHONY: run test install demo-model browser-deps lint
 
 run: install demo-model
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
 
-test: install demo-model
+test: install demo-model browser-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
@@ -30,6 +30,12 @@ $(STAMP): pyproject.toml
 
 demo-model: install
 	$(PY) scripts/fetch-demo-model
+
+# The end-to-end tests drive Debian's Chromium with Playwright (its own browser
+# download cannot work offline). Installed once; skipped when present.
+browser-deps:
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q chromium chromium-driver; }
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

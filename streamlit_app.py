@@ -1,8 +1,8 @@
 """The router: builds the pages with st.navigation and holds no business logic.
 
-The one st.cache_resource object is the library with its drop-in watcher (shared by
-every browser session; both are thread-safe). Per-browser state lives in
-st.session_state.
+The one st.cache_resource object (appliance.ui.services) holds the library with its
+drop-in watcher; it is shared by every browser session and thread-safe. Per-browser
+state lives in st.session_state.
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import streamlit as st
 
-from appliance.ui import library_page
+from appliance.ui import import_page, library_page
 
 st.set_page_config(page_title="Offline LLM Switcher", layout="wide")
-pages = [st.Page(library_page.render, title="Library", url_path="library", default=True)]
+pages = [
+    st.Page(
+        library_page.render,
+        title="Library",
+        icon=":material/library_books:",
+        url_path="library",
+        default=True,
+    ),
+    st.Page(import_page.render, title="Import", icon=":material/download:", url_path="import"),
+]
 st.navigation(pages).run()

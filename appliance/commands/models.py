@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from appliance import format as fmt
 from appliance.library.model_info import BACKENDS
 
 
@@ -66,25 +67,6 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _human_params(n: int | None) -> str:
-    if not n:
-        return "-"
-    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     entries = _library().entries()
     if args.json:
@@ -111,8 +93,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         meta = e["metadata"]
         rows.append((
             e["id"], e["name"], e["format"], e["backend"], e["architecture"],
-            _human_params(meta.get("parameters")), meta.get("quantization") or "-",
-            str(meta.get("context_length") or "-"), _human_size(e["size_bytes"]),
+            fmt.params(meta.get("parameters")), meta.get("quantization") or "-",
+            str(meta.get("context_length") or "-"), fmt.size(e["size_bytes"]),
             (e["sha256"] or "hashing…")[:12], e["status"],
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -163,7 +145,7 @@ def _progress_printer():
     def show(done: int, total: int) -> None:
         pct = 100 * done / total if total else 100
         end = "\n" if done >= total else ""
-        print(f"\rcopying {_human_size(done)} / {_human_size(total)} ({pct:.0f}%)", end=end,
+        print(f"\rcopying {fmt.size(done)} / {fmt.size(total)} ({pct:.0f}%)", end=end,
               file=sys.stderr)  # fmt: skip
 
     return show

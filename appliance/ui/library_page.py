@@ -1,4 +1,4 @@
-"""The library page: every registered model with the metadata read from its header."""
+"""The library page: every model with its header metadata, the hardware, and actions."""
 
 from __future__ import annotations
 
@@ -6,20 +6,23 @@ from typing import Any
 
 import streamlit as st
 
+from appliance import format as fmt
+from appliance import hardware
 from appliance.errors import ApplianceError
+from appliance.sampling import SETTINGS, Setting
 from appliance.ui.services import services
 
-
-def _params(n: int | None) -> str:
-    if not n:
-        return "—"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
+FIT_ICON = {
+    "fits": "🟢 fits",
+    "tight": "🟡 tight",
+    "won't fit": "🔴 won't fit",
+    "remote": "🌐 remote",
+}
 
 
-def rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rows(
+    entries: list[dict[str, Any]], hw: hardware.Hardware, conversations: dict[str, int]
+) -> list[dict[str, Any]]:
     """The table's rows, one per model."""
     return [
         {
@@ -28,12 +31,14 @@ def rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "Format": e["format"],
             "Backend": e["backend"],
             "Architecture": e["architecture"],
-            "Parameters": _params(e["metadata"].get("parameters")),
+            "Parameters": fmt.params(e["metadata"].get("parameters")),
             "Quantisation": e["metadata"].get("quantization") or "—",
             "Context": e["metadata"].get("context_length") or None,
-            "Size (MiB)": round(e["size_bytes"] / (1 << 20), 1),
-            "sha256": e["sha256"] or "hashing…",
+            "Size": fmt.size(e["size_bytes"]),
+            "sha256": e["sha256"][:16] + "…" if e["sha256"] else "hashing…",
             "Status": e["status"],
+            "Conversations": conversations.get(e["id"], 0),
+            "Memory": hardware.fit(e, hw),
         }
         for e in entries
     ]
@@ -47,20 +52,104 @@ def render() -> None:
     except ApplianceError as exc:
         st.error(str(exc))
         return
+    hw = hardware.snapshot()
+    _hardware_panel(hw)
     if not entries:
-        st.info("No models yet. Copy a .gguf file or a Hugging Face folder into models/.")
+        st.info("No models yet. Copy a .gguf file or a Hugging Face folder into models/, "
+                "or use the Import page.")  # fmt: skip
+        return
+    st.dataframe(rows(entries, hw, conversation_counts()), hide_index=True, width="stretch")
+    _actions(entries)
+
+
+def conversation_counts() -> dict[str, int]:
+    """Conversations per model id, from the unlocked vault of this browser session."""
+    unlocked = st.session_state.get("vault")
+    if unlocked is None:
+        return {}
+    history = unlocked.history
+    return {model_id: history.count(model_id) for model_id in history.model_ids()}
+
+
+def _hardware_panel(hw: hardware.Hardware) -> None:
+    cols = st.columns(4)
+    cols[0].metric("RAM free", fmt.size(hw.available_ram), help=f"of {fmt.size(hw.total_ram)}")
+    cols[1].metric("RAM total", fmt.size(hw.total_ram))
+    cols[2].metric("CPU cores", f"{hw.physical_cores} physical", help=f"{hw.logical_cores} logical")
+    if hw.gpus:
+        gpu = hw.gpus[0]
+        cols[3].metric(
+            "VRAM free", fmt.size(gpu.free_bytes), help=f"{gpu.name}, {fmt.size(gpu.total_bytes)}"
+        )
     else:
-        st.dataframe(rows(entries), hide_index=True, use_container_width=True)
-    _watcher_panel(svc)
+        cols[3].metric("GPU", "none", help="No NVIDIA GPU found; models run on the CPU.")
 
 
-@st.fragment(run_every=2)
-def _watcher_panel(svc) -> None:
-    st.subheader("Drop-in folder")
-    kind = "polling" if svc.watcher.polling else "inotify"
-    st.caption(f"Watching {svc.library.paths.models} ({kind}).")
-    events = list(svc.watcher.events)[-10:]
-    if not events:
-        st.caption("Nothing new since the app started.")
-    for event in reversed(events):
-        st.text(event.line())
+def _actions(entries: list[dict[str, Any]]) -> None:
+    st.subheader("Manage a model")
+    names = {e["id"]: f"{e['name']} ({e['id']})" for e in entries}
+    model_id = st.selectbox("Model", list(names), format_func=names.get, key="library_model")
+    entry = next(e for e in entries if e["id"] == model_id)
+    _rename(entry)
+    _defaults(entry)
+    _remove(entry)
+
+
+def _rename(entry: dict[str, Any]) -> None:
+    with st.form(f"rename-{entry['id']}", border=False):
+        name = st.text_input("Display name", value=entry["name"], max_chars=200)
+        if st.form_submit_button("Rename"):
+            _run(lambda: services().library.rename(entry["id"], name), f"Renamed to {name!r}.")
+
+
+def _defaults(entry: dict[str, Any]) -> None:
+    title = "Chat defaults for this model (system prompt and sampling)"
+    with st.expander(title), st.form(f"defaults-{entry['id']}"):
+        values = setting_inputs(entry["defaults"], key=f"def-{entry['id']}")
+        if st.form_submit_button("Save defaults"):
+            _run(lambda: services().library.set_defaults(entry["id"], values), "Saved.")
+
+
+def setting_inputs(current: dict[str, Any], key: str) -> dict[str, Any]:
+    """One input per sampling setting, bounded by its declaration; returns the values."""
+    return {s.name: _setting_input(s, current[s.name], f"{key}-{s.name}") for s in SETTINGS}
+
+
+def _setting_input(setting: Setting, value: Any, key: str) -> Any:
+    label = setting.name.replace("_", " ").capitalize()
+    low, high, helptext = setting.low, setting.high, setting.description
+    if setting.kind is str:
+        return st.text_area(label, value, help=helptext, key=key, max_chars=int(high))
+    if setting.kind is float:
+        return st.slider(label, float(low), float(high), float(value), step=0.05, help=helptext,
+                         key=key)  # fmt: skip
+    return st.number_input(label, int(low), int(high), int(value), help=helptext, key=key)
+
+
+def _remove(entry: dict[str, Any]) -> None:
+    with st.expander("Remove this model"):
+        st.write("Removing takes the model out of the library. Its chat history is kept.")
+        delete = st.checkbox(
+            "Also delete its files from models/", key=f"rm-files-{entry['id']}",
+            disabled=entry["external"],
+            help="Files registered in place, outside models/, are never deleted.",
+        )  # fmt: skip
+        confirm = st.text_input(
+            f"Type the id `{entry['id']}` to confirm", key=f"rm-confirm-{entry['id']}"
+        )
+        if st.button(
+            "Remove", type="primary", disabled=confirm != entry["id"], key=f"rm-{entry['id']}"
+        ):
+            what = "and its files " if delete else ""
+            _run(lambda: services().library.remove(entry["id"], delete_files=delete),
+                 f"Removed {entry['name']} {what}from the library.")  # fmt: skip
+
+
+def _run(action, success: str) -> None:
+    try:
+        action()
+    except ApplianceError as exc:
+        st.error(str(exc))
+    else:
+        st.toast(success)
+        st.rerun()

@@ -1,0 +1,126 @@
+"""The import page: from a server-side path, by browser upload, and the drop-in folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from appliance import format as fmt
+from appliance.errors import ApplianceError
+from appliance.library.importer import Upload, import_path
+from appliance.library.inspect import inspect_model
+from appliance.library.model_info import BACKENDS
+from appliance.ui.services import services
+
+MODES = {"copy": "Copy into models/", "link": "Hard link into models/", "in-place": "Use in place"}
+INFER = "(infer from the file)"
+
+
+def render() -> None:
+    st.title("Import a model")
+    path_tab, upload_tab = st.tabs(["From a path on this machine", "Upload from the browser"])
+    with path_tab:
+        _from_path()
+    with upload_tab:
+        _upload()
+    _drop_in_panel()
+
+
+def _choices(key: str, info: Any | None) -> dict[str, Any]:
+    """Name, backend and architecture, with the inferred values shown as defaults."""
+    inferred = f" (inferred: {info.backend})" if info else ""
+    cols = st.columns(3)
+    name = cols[0].text_input("Display name", key=f"{key}-name", placeholder="from the file name")
+    backend = cols[1].selectbox(f"Backend{inferred}", [INFER, *BACKENDS[:3]], key=f"{key}-backend")
+    arch_hint = f"inferred: {info.architecture}" if info else "from the header"
+    arch = cols[2].text_input("Architecture", key=f"{key}-arch", placeholder=arch_hint)
+    return {"name": name.strip() or None, "backend": None if backend == INFER else backend,
+            "architecture": arch.strip() or None}  # fmt: skip
+
+
+def _from_path() -> None:
+    st.caption("Any size. Type the path of a .gguf file, a legacy GGML .bin, or a Hugging "
+               "Face folder on the machine running this app.")  # fmt: skip
+    raw = st.text_input("Path", key="import-path", placeholder="/media/usb/model.Q4_K_M.gguf")
+    info = None
+    if raw.strip():
+        try:
+            info = inspect_model(Path(raw.strip()).expanduser())
+        except (ApplianceError, OSError) as exc:
+            st.error(str(exc))
+        else:
+            show_info(info)
+    mode = st.radio("How", list(MODES), format_func=MODES.get, horizontal=True, key="import-mode")
+    options = _choices("import", info)
+    if st.button("Import", type="primary", disabled=info is None, key="import-go"):
+        bar = st.progress(0.0, text="Starting…")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total if total else 1.0,
+                         text=f"Copying {fmt.size(done)} of {fmt.size(total)}")  # fmt: skip
+
+        try:
+            entry = import_path(services().library, Path(raw.strip()).expanduser(), mode,
+                                progress=progress, **options)  # fmt: skip
+        except (ApplianceError, OSError) as exc:
+            bar.empty()
+            st.error(str(exc))
+        else:
+            bar.progress(1.0, text="Done")
+            _imported(entry)
+
+
+def show_info(info: Any) -> None:
+    """What the header says, before the user confirms."""
+    st.success(
+        f"**{info.name or Path(info.path).name}** — {info.format}, {info.architecture} "
+        f"({info.architecture_source}), {fmt.params(info.parameters)} parameters, "
+        f"{info.quantization or info.dtype or '—'}, context {info.context_length or '—'}, "
+        f"{fmt.size(info.size_bytes)}, chat template: {'yes' if info.chat_template else 'no'}."
+    )
+    for note in info.notes:
+        st.caption(note)
+
+
+def _imported(entry: dict[str, Any]) -> None:
+    sha = entry["sha256"] or "being computed in the background"
+    st.success(
+        f"Added **{entry['name']}** (id `{entry['id']}`, {entry['backend']}). sha256: `{sha}`"
+    )
+
+
+def _upload() -> None:
+    limit = st.get_option("server.maxUploadSize")
+    st.caption(f"Up to {limit} MB (server.maxUploadSize in .streamlit/config.toml). Larger "
+               "models: copy them into models/ or import them from a path.")  # fmt: skip
+    uploaded = st.file_uploader("Model file", type=["gguf", "bin", "safetensors"], key="upload")
+    options = _choices("upload", None)
+    if uploaded is not None and st.button("Add uploaded file", type="primary", key="upload-go"):
+        bar = st.progress(0.0, text="Writing to disk…")
+        try:
+            with Upload(services().library, uploaded.name, uploaded.size) as upload:
+                while chunk := uploaded.read(8 << 20):
+                    upload.write(chunk)
+                    bar.progress(upload.received / max(uploaded.size, 1))
+                entry = upload.commit(**options)
+        except (ApplianceError, OSError) as exc:
+            bar.empty()
+            st.error(str(exc))
+        else:
+            _imported(entry)
+
+
+@st.fragment(run_every=2)
+def _drop_in_panel() -> None:
+    st.subheader("Drop-in folder")
+    watcher = services().watcher
+    kind = "polling" if watcher.polling else "inotify"
+    st.caption(f"Files copied into {services().library.paths.models} are registered by "
+               f"themselves once the copy has finished ({kind}).")  # fmt: skip
+    events = list(watcher.events)[-15:]
+    if not events:
+        st.caption("Nothing new since the app started.")
+    for event in reversed(events):
+        st.text(event.line())
