@@ -13,6 +13,7 @@ from appliance.paths import APP_ROOT, current
 DEMO_MODEL = APP_ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+pytest_plugins = ["tests.browser"]
 
 
 @pytest.fixture(autouse=True)

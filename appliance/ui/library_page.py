@@ -46,20 +46,31 @@ def rows(
 
 def render() -> None:
     st.title("Model library")
-    svc = services()
+    _hardware_panel(hardware.snapshot())
+    entries = _table()
+    if entries:
+        _actions(entries)
+
+
+@st.fragment(run_every=3)
+def _table() -> list[dict[str, Any]]:
+    """The table refreshes by itself, so dropped-in models appear without a reload."""
     try:
-        entries = svc.library.entries()
+        entries = services().library.entries()
     except ApplianceError as exc:
         st.error(str(exc))
-        return
-    hw = hardware.snapshot()
-    _hardware_panel(hw)
+        return []
+    ids = [e["id"] for e in entries]
+    if st.session_state.setdefault("library_ids", ids) != ids:
+        st.session_state["library_ids"] = ids
+        st.rerun(scope="app")  # the actions below list the models too
     if not entries:
         st.info("No models yet. Copy a .gguf file or a Hugging Face folder into models/, "
                 "or use the Import page.")  # fmt: skip
-        return
+        return []
+    hw = hardware.snapshot()
     st.dataframe(rows(entries, hw, conversation_counts()), hide_index=True, width="stretch")
-    _actions(entries)
+    return entries
 
 
 def conversation_counts() -> dict[str, int]:
