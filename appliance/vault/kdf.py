@@ -105,7 +105,8 @@ def check_limits(params: KdfParams) -> None:
     for field, (low, high) in LIMITS[params.name].items():
         value = getattr(params, field)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            shown = f"{value:,}" if isinstance(value, int) else repr(value)
+            plain_int = isinstance(value, int) and not isinstance(value, bool)
+            shown = f"{value:,}" if plain_int else repr(value)
             raise _refused(
                 f"asks for {params.name} with {field} = {shown} (allowed: {low:,} to {high:,})"
             )

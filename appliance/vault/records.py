@@ -78,18 +78,18 @@ def scan(data: bytes) -> Scan:
     offset = LOG_HEADER_BYTES
     while offset < len(data):
         remaining = len(data) - offset
-        if not any(data[offset:]):
-            result.torn = remaining  # zero-filled tail left by a crash
-            break
         if remaining < HEADER.size:
-            if FRAME_MAGIC.startswith(data[offset : offset + 2]):
+            if _zero_tail(data, offset) or FRAME_MAGIC.startswith(data[offset : offset + 2]):
                 result.torn = remaining
             else:
                 result.error = f"record {len(result.frames)}: no record marker"
             break
         parsed = _header_at(data, offset)
         if isinstance(parsed, str):
-            result.error = f"record {len(result.frames)}: {parsed}"
+            if _zero_tail(data, offset):
+                result.torn = remaining  # zero-filled tail left by a crash
+            else:
+                result.error = f"record {len(result.frames)}: {parsed}"
             break
         length, seq = parsed
         end = offset + OVERHEAD + length
@@ -103,6 +103,10 @@ def scan(data: bytes) -> Scan:
         offset = end
     result.end = offset
     return result
+
+
+def _zero_tail(data: bytes, offset: int) -> bool:
+    return data.count(0, offset) == len(data) - offset
 
 
 def read_last_frame(fd: int, size: int) -> Frame | None:
