@@ -42,7 +42,7 @@ def history(clock: FakeClock) -> HistoryStore:
             st.sampled_from(["user", "assistant", "system"]),
             text,
             st.dictionaries(text, json_values, max_size=3),
-        ),  # fmt: skip
+        ),
         max_size=8,
     ),
 )

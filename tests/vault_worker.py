@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.vault import Vault  # noqa: E402
+from appliance.vault import Vault
 
 
 def message(i: int) -> str:
