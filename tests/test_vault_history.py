@@ -243,3 +243,24 @@ def test_two_stores_on_one_home_see_each_other(clock: FakeClock) -> None:
     for i in range(10):
         (a if i % 2 else b).append("m", conv.id, "user", str(i))
     assert [m.content for m in a.messages("m", conv.id).messages] == [str(i) for i in range(10)]
+
+
+def test_history_follows_the_stable_model_id(library, appliance_home: Path) -> None:
+    """Renaming a model keeps its history; removing it keeps the history until deleted."""
+    from tests.helpers import write_gguf
+
+    write_gguf(appliance_home / "models" / "tiny.gguf", name="Tiny")
+    library.scan()
+    model_id = library.entries()[0]["id"]
+    history = fast_unlocked().history
+    conv = history.create(model_id, "about tiny")
+    history.append(model_id, conv.id, "user", "hello tiny")
+    library.rename(model_id, "A brand new name")
+    assert library.entries()[0]["id"] == model_id
+    assert history.latest(model_id).id == conv.id
+    library.remove(model_id, delete_files=True)
+    assert library.entries() == []
+    assert history.model_ids() == [model_id]
+    assert history.messages(model_id, conv.id).messages[0].content == "hello tiny"
+    history.delete_model(model_id)
+    assert history.model_ids() == []

@@ -129,7 +129,11 @@ class HistoryStore:
         return sum(1 for p in mdir.glob("*.conv") if _CONV_RE.match(p.stem)) if mdir.is_dir() else 0
 
     def conversations(self, model_id: str) -> list[ConversationInfo]:
-        """A model's conversations, most recently updated first."""
+        """A model's conversations, most recently updated first.
+
+        O(1) per conversation: the header and the last record are authenticated; damage
+        further inside a log shows as HistoryTampered when the conversation is opened.
+        """
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
@@ -148,6 +152,7 @@ class HistoryStore:
         return next((c for c in self.conversations(model_id) if c.problem is None), None)
 
     def info(self, model_id: str, conv_id: str) -> ConversationInfo:
+        """One conversation's listing entry."""
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
@@ -168,6 +173,7 @@ class HistoryStore:
 
     # ----------------------------------------------------------------- writing
     def create(self, model_id: str, title: str | None = None) -> ConversationInfo:
+        """A new, empty conversation (the title is encrypted like the messages)."""
         ring = self._keys()
         title = _check_title(title)
         with self._lock.hold():
@@ -193,6 +199,7 @@ class HistoryStore:
         return self._append(model_id, conv_id, "r", None, content, meta)
 
     def rename(self, model_id: str, conv_id: str, title: str) -> ConversationInfo:
+        """Change the title (rewrites the small header atomically, not the log)."""
         ring = self._keys()
         title = _check_title(title)
         with self._lock.hold():
