@@ -56,6 +56,7 @@ def test_round_trip_arbitrary_unicode(history: HistoryStore, model_id, title, me
     assert log.info.title == title
     assert model_id in history.model_ids()
     exported = history.export(model_id, conv.id, "json")
+    exported.encode("utf-8")  # always writable as UTF-8, even with lone surrogates
     copy = history.import_json(model_id, exported)
     again = history.messages(model_id, copy.id)
     assert [(m.role, m.content, m.meta) for m in again.messages] == messages
@@ -214,6 +215,8 @@ def test_import_keeps_times_and_accepts_the_seed_list(history: HistoryStore) -> 
         ('[{"role": "user", "content": 5}]', "content is not text"),
         ('[{"role": "user", "content": "x", "created_at": "yesterday"}]', "not an ISO 8601"),
         ('[{"role": "user", "content": "x", "meta": [1]}]', "meta is not an object"),
+        ('[{"role": "user", "content": "x", "created_at": 1e300}]', "out of range"),
+        ('[{"role": "user", "content": "x", "created_at": -5}]', "out of range"),
         ("42", "neither an export object nor a list"),
     ],
 )
@@ -264,3 +267,14 @@ def test_history_follows_the_stable_model_id(library, appliance_home: Path) -> N
     assert history.messages(model_id, conv.id).messages[0].content == "hello tiny"
     history.delete_model(model_id)
     assert history.model_ids() == []
+
+
+def test_lone_surrogates_survive_storage_and_export(history: HistoryStore) -> None:
+    conv = history.create("m", "t\udc80")
+    history.append("m", conv.id, "user", "broken \ud800 pair", {"k\udfff": "v"})
+    assert history.messages("m", conv.id).messages[0].content == "broken \ud800 pair"
+    exported = history.export("m", conv.id, "json")
+    assert "\\ud800" in exported and exported.isascii()
+    copy = history.import_json("m", exported)
+    assert history.messages("m", copy.id).messages[0].meta == {"k\udfff": "v"}
+    assert copy.title == "t\udc80"

@@ -100,11 +100,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     history = unlocked.history
     conv_id = _resolve(history, args.model, args.conversation)
     text = history.export(args.model, conv_id, args.format)
+    data = text.encode("utf-8", "replace")  # a lone surrogate cannot be UTF-8
     if args.output:
-        atomic_write_bytes(args.output.absolute(), text.encode("utf-8"), mode=0o600)
+        atomic_write_bytes(args.output.absolute(), data, mode=0o600)
         print(f"exported conversation {conv_id} to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
     return 0
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 FORMAT = "offline-llm-switcher/conversation"
 VERSION = 1
 MAX_IMPORT_MESSAGES = 1_000_000
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 def iso(ts: float) -> str:
@@ -41,7 +42,12 @@ def to_json(model_id: str, log: ConversationLog) -> str:
             for m in log.messages
         ],
     }  # fmt: skip
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: keep them, as JSON escapes
+        text = json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
+    return text
 
 
 def to_markdown(model_id: str, log: ConversationLog) -> str:
@@ -106,14 +112,18 @@ def _time(value: Any, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    if isinstance(value, str):
+        ts = float(value)
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise _bad(f"{where} is not an ISO 8601 time ({value!r})") from None
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
-    raise _bad(f"{where} is not a time")
+        ts = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    else:
+        raise _bad(f"{where} is not a time")
+    if not 0 <= ts <= MAX_TIMESTAMP:
+        raise _bad(f"{where} is out of range ({value!r})")
+    return ts
 
 
 def _human(ts: float) -> str:

@@ -109,9 +109,9 @@ class Vault:
             if stored.kdf.weaker_than(target):
                 stored = self._wrap(password, data_key, target.with_new_salt(), base=stored)
                 settings_mod.save(self.settings_path, stored)
-        unlocked = Unlocked(self, data_key, idle_timeout_s=_idle(idle_timeout_s, stored))
-        if stored.seed_import:
-            self._finish_seed_import(unlocked, stored.seed_import)
+            unlocked = Unlocked(self, data_key, idle_timeout_s=_idle(idle_timeout_s, stored))
+            if stored.seed_import:
+                self._finish_seed_import(unlocked, stored.seed_import)
         return unlocked
 
     def throttle_remaining(self) -> float:
@@ -230,6 +230,8 @@ class Vault:
         return data_key, converted
 
     def _finish_seed_import(self, unlocked: Unlocked, sealed_seed_key: bytes) -> None:
+        """Under the KDF lock: move the seed's .chat files into the vault, then forget
+        the seed key. Rerun at the next unlock if interrupted."""
         ring = unlocked._require()
         try:
             seed_key = keys.open_sealed(ring["seed-import"], sealed_seed_key, SEED_AAD)
@@ -241,10 +243,9 @@ class Vault:
             unlocked.history, ring, seed_key, self.paths.history
         )
         unlocked.notices += notices + warnings
-        with self._kdf_lock.hold():
-            loaded = settings_mod.load(self.settings_path)
-            if isinstance(loaded, EnvelopeSettings) and loaded.seed_import:
-                settings_mod.save(self.settings_path, replace(loaded, seed_import=None))
+        loaded = settings_mod.load(self.settings_path)
+        if isinstance(loaded, EnvelopeSettings) and loaded.seed_import:
+            settings_mod.save(self.settings_path, replace(loaded, seed_import=None))
 
 
 class Unlocked:
