@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance.fsutil import FileLock, sweep_stale_temps
@@ -69,7 +70,7 @@ class Vault:
         sweep_stale_temps(self.paths.config)
 
     @property
-    def settings_path(self):
+    def settings_path(self) -> Path:
         return self.paths.config / "settings.json"
 
     @property
@@ -331,7 +332,7 @@ def _check_kdf_name(kdf: str) -> None:
         raise VaultError(f"Unknown key-derivation function {kdf!r}; use {' or '.join(KDF_NAMES)}.")
 
 
-def _already_initialized(path) -> VaultAlreadyInitialized:
+def _already_initialized(path: Path) -> VaultAlreadyInitialized:
     try:
         settings_mod.load(path)
     except SettingsCorrupt as exc:
