@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := llama,legacy,transformers,dev
 
-.PHONY: run test install demo-model lint bench
+.PHONY: run test install demo-model lint bench container-smoke
 
 run: install demo-model
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
@@ -19,6 +19,7 @@ test: install demo-model
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+	$(MAKE) container-smoke
 
 install: $(STAMP)
 
@@ -30,6 +31,10 @@ $(STAMP): pyproject.toml
 
 demo-model: install
 	$(PY) scripts/fetch-demo-model
+
+# The container appliance end to end (root; installs podman & co with apt-get).
+container-smoke:
+	PYTHON=$(PYTHON) scripts/container-smoke
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
