@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,7 +100,7 @@ def commands() -> list[list[str]]:
 
 def supervise(cmds: Sequence[Sequence[str]], cwd: Path) -> int:
     """Run cmds together; stop all when one exits or on SIGTERM; return its exit code."""
-    children = {subprocess.Popen(list(cmd), cwd=cwd).pid: list(cmd) for cmd in cmds}
+    children: dict[int, list[str]] = {}
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -108,6 +109,10 @@ def supervise(cmds: Sequence[Sequence[str]], cwd: Path) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for cmd in cmds:
+        children[subprocess.Popen(list(cmd), cwd=cwd).pid] = list(cmd)
+    if stopping:  # a signal that came while starting
+        _signal_all(children, signal.SIGTERM)
     code = 0
     while children:
         try:
@@ -117,9 +122,9 @@ def supervise(cmds: Sequence[Sequence[str]], cwd: Path) -> int:
         if pid not in children:
             continue  # an orphan re-parented to PID 1: reaped
         cmd = children.pop(pid)
-        exit_code = os.waitstatus_to_exitcode(status)
         if not stopping:
-            print(f"{' '.join(cmd[2:4])} exited ({exit_code}); stopping", file=sys.stderr)
+            exit_code = os.waitstatus_to_exitcode(status)
+            print(f"{' '.join(cmd[2:])} exited ({exit_code}); stopping", file=sys.stderr)
             stopping.append(0)
             code = exit_code or 1
             _stop_all(children)
@@ -128,10 +133,8 @@ def supervise(cmds: Sequence[Sequence[str]], cwd: Path) -> int:
 
 def _signal_all(children: dict[int, list[str]], signum: int) -> None:
     for pid in children:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def _stop_all(children: dict[int, list[str]]) -> None:
