@@ -4,10 +4,10 @@
    says how to fix the ownership on the host when they are not.
 2. Seeds the demo model into an empty models/ folder (a fresh volume). A folder holding
    anything at all is left alone: a user's file is never overwritten or added to.
-3. Brings the registry in line with models/ (weights copied while it was down).
-4. Runs the drop-in watcher (`appliance models watch`) and the Streamlit server side by
-   side, so weights dragged into the models volume register themselves even while no
-   browser is open. It forwards SIGTERM/SIGINT to both, reaps every child (it runs as
+3. Runs the drop-in watcher (`appliance models watch`, which first registers what was
+   copied while the container was down) and the Streamlit server side by side, so
+   weights dragged into the models volume register themselves even while no browser is
+   open. It forwards SIGTERM/SIGINT to both, reaps every child (it runs as
    PID 1), and exits when either stops, so the container's restart policy applies.
 """
 
@@ -79,17 +79,6 @@ def seed_demo(paths: Paths, demo: Path = DEMO_MODEL) -> str | None:
     return import_path(library, demo, "copy")["id"]
 
 
-def catch_up(paths: Paths) -> None:
-    """Register what was copied into models/ while the container was down."""
-    from appliance.library.library import Library
-
-    report = Library(paths).scan()
-    for model_id in report.added:
-        print(f"registered {model_id}", flush=True)
-    for rel, why in report.rejected.items():
-        print(f"rejected   {rel}: {why}", flush=True)
-
-
 def commands() -> list[list[str]]:
     """The watcher and the Streamlit server (address and port come from STREAMLIT_*)."""
     return [
@@ -156,7 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeded = seed_demo(paths)
         if seeded:
             print(f"seeded the demo model into {paths.models} ({seeded})", flush=True)
-        catch_up(paths)
     except (ApplianceError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
