@@ -120,3 +120,35 @@ def fit(
         prompt_tokens=prompt_tokens,
         max_tokens=max(1, min(max_tokens, n_ctx - prompt_tokens)),
     )
+
+
+class StopFilter:
+    """Cut a text stream at the first stop string, holding back a possible partial match."""
+
+    def __init__(self, stops: tuple[str, ...] | list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        """The part of the stream that is safe to show now."""
+        if self.hit:
+            return ""
+        self.buffer += text
+        found = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.buffer, self.hit = self.buffer[: min(found)], "", True
+            return out
+        keep = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.buffer)), keep, -1):
+                if self.buffer.endswith(stop[:k]):
+                    keep = k
+                    break
+        out = self.buffer[: len(self.buffer) - keep]
+        self.buffer = self.buffer[len(self.buffer) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.hit else self.buffer), ""
+        return out
