@@ -94,7 +94,9 @@ def test_cancel_during_a_long_reply(host: Host, library: Library, demo_model: Pa
     assert "".join(follow) == "The capital of France is Paris."
 
 
-def test_context_overflow_drops_oldest_turns(host: Host, library: Library, demo_model: Path) -> None:
+def test_context_overflow_drops_oldest_turns(
+    host: Host, library: Library, demo_model: Path
+) -> None:
     model = register_demo(library, demo_model)
     host.load(model, options={"n_ctx": 256})
     history = []

@@ -77,7 +77,9 @@ def test_matches_raw_generate(host: Host, library: Library, tiny: Path) -> None:
     assert gen.result.finish == "length"
 
 
-def test_fallback_without_a_chat_template(host: Host, library: Library, tiny_no_template: Path) -> None:
+def test_fallback_without_a_chat_template(
+    host: Host, library: Library, tiny_no_template: Path
+) -> None:
     model = library.register(tiny_no_template, external=True)["id"]
     gen = host.chat(model, HELLO, system_prompt="Be brief.", settings=SAMPLED)
     text = "".join(gen)
@@ -110,7 +112,9 @@ def test_pickled_weights_are_refused(tmp_path: Path) -> None:
         TransformersBackend().load(LoadSpec(str(folder), {}), print)
 
 
-def test_missing_folder_fails_at_once(host: Host, library: Library, tiny: Path, tmp_path: Path) -> None:
+def test_missing_folder_fails_at_once(
+    host: Host, library: Library, tiny: Path, tmp_path: Path
+) -> None:
     folder = shutil.copytree(tiny, tmp_path / "moved")
     model = library.register(folder, external=True)["id"]
     shutil.rmtree(folder)

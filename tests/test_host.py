@@ -80,7 +80,9 @@ def test_queue_positions_and_order(library: Library, clock: FakeClock) -> None:
         host.shutdown()
 
 
-def test_cancel_running_keeps_partial_text_within_half_a_second(host: Host, library: Library) -> None:
+def test_cancel_running_keeps_partial_text_within_half_a_second(
+    host: Host, library: Library
+) -> None:
     model = add_fake_model(library, "slow", reply=SLOW, delay_s=0.02)
     gen = host.chat(model, USER)
     stream, head = first_chunk(gen)
@@ -166,8 +168,11 @@ def test_sigkill_mid_stream_keeps_partial_reply_and_recovers(host: Host, library
 def test_abort_while_loading_leaves_the_host_usable(host: Host, library: Library) -> None:
     bad = add_fake_model(library, "aborts", abort_on_load=True)
     good = add_fake_model(library, "good", reply="fine")
-    with pytest.raises(ModelLoadError, match=r"Cannot load aborts .*aborts\.gguf\): the worker "
-                       r"process crashed while loading it \(SIGABRT: aborted by native code"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"Cannot load aborts .*aborts\.gguf\): the worker "
+        r"process crashed while loading it \(SIGABRT: aborted by native code",
+    ):
         host.load(bad)
     assert host.status().phase == "error" and host.worker_pids() == []
     gen = host.chat(bad, USER)
@@ -177,7 +182,10 @@ def test_abort_while_loading_leaves_the_host_usable(host: Host, library: Library
 
 
 def test_switch_stops_the_previous_worker(host: Host, library: Library) -> None:
-    a, b = add_fake_model(library, "a", reply="from a"), add_fake_model(library, "b", reply="from b")
+    a, b = (
+        add_fake_model(library, "a", reply="from a"),
+        add_fake_model(library, "b", reply="from b"),
+    )
     seen = []
     host.load(a, progress=seen.append)
     [pid_a] = host.worker_pids()

@@ -1,9 +1,9 @@
 """The inference engine: backends, the worker process and the host the UI keeps.
 
-    from appliance.engine import Host
-    host = Host(library)
-    for text in host.chat(model_id, [{"role": "user", "content": "Hi"}]):
-        print(text, end="")
+from appliance.engine import Host
+host = Host(library)
+for text in host.chat(model_id, [{"role": "user", "content": "Hi"}]):
+    print(text, end="")
 """
 
 from appliance.engine.errors import (

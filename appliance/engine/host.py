@@ -100,8 +100,9 @@ class Host:
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._dispatch, daemon=True, name="host-dispatch"),
-            threading.Thread(target=self._janitor, args=(idle_poll_s,), daemon=True,
-                             name="host-idle"),  # fmt: skip
+            threading.Thread(
+                target=self._janitor, args=(idle_poll_s,), daemon=True, name="host-idle"
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -310,9 +311,9 @@ class Host:
     ) -> None:
         entry = self.library.get(model_id)
         resident = self._resident
-        if resident and resident.model_id == model_id and resident.worker.alive():
-            if options is None or options == resident.options:
-                return
+        same = resident is not None and resident.model_id == model_id
+        if same and resident.worker.alive() and options in (None, resident.options):
+            return
         say = progress or (lambda _text: None)
         target = self._target(entry["backend"])
         backend_table.load_target(target).check_available()
@@ -346,8 +347,16 @@ class Host:
         say("ready")
         self._start_spare(target)
 
-    def _load_in(self, worker: WorkerProcess, target: str, path: str, entry: dict[str, Any],
-                 options: dict[str, Any], api_key: str | None, say: Progress) -> dict[str, Any]:  # fmt: skip
+    def _load_in(
+        self,
+        worker: WorkerProcess,
+        target: str,
+        path: str,
+        entry: dict[str, Any],
+        options: dict[str, Any],
+        api_key: str | None,
+        say: Progress,
+    ) -> dict[str, Any]:
         try:
             worker.send({"op": "load", "target": target, "path": path, "entry": entry,
                          "options": options, "api_key": api_key})  # fmt: skip
@@ -411,8 +420,8 @@ class Host:
 
     def _set_phase(self, phase: str, detail: str | None = None) -> None:
         with self._cond:
-            self._status = replace(self._status, phase=phase,
-                                   detail=self._status.detail if detail is None else detail)  # fmt: skip
+            kept = self._status.detail if detail is None else detail
+            self._status = replace(self._status, phase=phase, detail=kept)
 
     def _set_detail(self, detail: str) -> None:
         with self._cond:

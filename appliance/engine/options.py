@@ -32,12 +32,12 @@ def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in (options or {}).items():
         if key not in OPTION_BOUNDS:
-            raise InvalidOptions(
-                f"Unknown load option {key!r}; use {', '.join(OPTION_BOUNDS)}."
-            )
+            raise InvalidOptions(f"Unknown load option {key!r}; use {', '.join(OPTION_BOUNDS)}.")
         low, high = OPTION_BOUNDS[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise InvalidOptions(f"The load option {key} must be a whole number from {low} to {high}.")
+            raise InvalidOptions(
+                f"The load option {key} must be a whole number from {low} to {high}."
+            )
         clean[key] = value
     return clean
 

@@ -18,6 +18,7 @@ effect at the next token. If the host goes away, the worker exits at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -148,10 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     conn = Connection(args.fd)
     if args.preload:
-        try:
+        with contextlib.suppress(Exception):  # the real load reports any problem
             load_target(args.preload).preload()
-        except Exception:  # noqa: S110 - the real load reports any problem
-            pass
     Worker(conn).run()
 
 
