@@ -206,10 +206,12 @@ def hf_bench_model(demo: Path, cache: Path, say: Callable[[str], None]) -> Path:
     if (folder / "config.json").is_file():
         return folder
     say(f"building {folder} from the demo GGUF (once)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(demo.parent, gguf_file=demo.name)
-    model = AutoModelForCausalLM.from_pretrained(demo.parent, gguf_file=demo.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        demo.parent, gguf_file=demo.name, quantization_config=GgufConfig(dequantize=True)
+    )
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
