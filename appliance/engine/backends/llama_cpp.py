@@ -189,7 +189,9 @@ class LlamaCppBackend(Backend):
                     break
         finally:
             stream.close()
-            self.usage.completion_tokens = max(0, self.llm.n_tokens - len(tokens))
+            # The last token sampled is evaluated only if generation goes on.
+            pending = 1 if self.usage.finish in ("length", "cancelled") else 0
+            self.usage.completion_tokens = max(0, self.llm.n_tokens - len(tokens)) + pending
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
