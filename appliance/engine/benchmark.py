@@ -160,6 +160,7 @@ def bench_llama(demo: Path, runs: int, max_tokens: int, say: Callable[[str], Non
                 )
                 raw_loads.append(time.perf_counter() - start)
                 again.close()
+            time.sleep(2.0)  # the last spare worker finishes importing
             say("decode and first token")
             host_runs, raw_runs = [], []
             for i in range(1, runs + 1):

@@ -387,7 +387,7 @@ class Host:
         if spare is not None and spare.alive() and spare.preload == target:
             return spare
         if spare is not None:
-            spare.stop()
+            spare.kill()
         return self.worker_factory(target)
 
     def _start_spare(self, target: str) -> None:
@@ -400,11 +400,16 @@ class Host:
             spare.stop()
 
     def _retire(self, why: str | None) -> None:
+        """Stop the resident worker: killed at once on a switch (it holds nothing to save,
+        and the kernel frees its memory immediately), asked to exit on an unload."""
         resident, self._resident = self._resident, None
         if resident is None:
             return
         self._set_phase("unloading", why or "unloading")
-        resident.worker.stop()
+        if why is None:
+            resident.worker.stop()
+        else:
+            resident.worker.kill()
 
     def _forget_worker(self, why: str) -> None:
         resident, self._resident = self._resident, None
