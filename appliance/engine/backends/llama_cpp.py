@@ -27,6 +27,7 @@ from appliance.engine.prompt import FALLBACK_STOP, render_fallback
 _WARN, _CONT = 3, 5
 _GENERIC = re.compile(r"failed to load model|error loading model$|^\s*$")
 _PREFIX = re.compile(r"^[a-z_0-9]+: (error loading model: )?")
+_CALLBACKS: list[Any] = []
 
 
 class LlamaLog:
@@ -35,7 +36,6 @@ class LlamaLog:
     def __init__(self) -> None:
         self.lines: deque[str] = deque(maxlen=50)
         self._keep = False
-        self._callback: Any = None
 
     def install(self, llama_cpp: Any) -> None:
         @llama_cpp.llama_log_callback
@@ -44,7 +44,7 @@ class LlamaLog:
             if self._keep:
                 self.lines.append(text.decode("utf-8", "replace").strip())
 
-        self._callback = callback  # keep a reference: ctypes must not free it
+        _CALLBACKS.append(callback)  # ctypes must never free it: llama.cpp keeps the pointer
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
     def reason(self) -> str | None:
@@ -197,6 +197,7 @@ class LlamaCppBackend(Backend):
         llm = getattr(self, "llm", None)
         if llm is not None:
             llm.close()
+            self.llm = None
 
 
 def _merge_system(messages: list[Message]) -> list[Message]:
