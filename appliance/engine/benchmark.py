@@ -13,7 +13,9 @@ library called in-process, with the same model, threads and prompt:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import multiprocessing
 import platform
 import shutil
 import statistics
@@ -221,12 +223,38 @@ def hf_bench_model(demo: Path, cache: Path, say: Callable[[str], None]) -> Path:
     return folder
 
 
-def bench_transformers(
-    folder: Path, runs: int, max_tokens: int, say: Callable[[str], None]
-) -> dict:
+def raw_transformers(folder: Path, runs: int, max_tokens: int, threads: int) -> list[float]:
+    """tokens/s of plain `generate` on the same prompts (run in a process of its own:
+    llama.cpp's and torch's OpenMP runtimes slow each other down in one process)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    rates = []
+    for i in range(runs):
+        messages = [{"role": "system", "content": SYSTEM}, *_messages(i)]
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )["input_ids"]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_tokens,
+                repetition_penalty=1.1,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+    return rates
+
+
+def bench_transformers(
+    folder: Path, runs: int, max_tokens: int, say: Callable[[str], None]
+) -> dict:
     threads = physical_cores()
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as home:
         library = Library(Paths(Path(home)))
@@ -248,27 +276,10 @@ def bench_transformers(
                 host_tps.append(gen.result.completion_tokens / (time.perf_counter() - start))
         finally:
             host.shutdown()
-    say("raw transformers generate")
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    raw_tps = []
-    for i in range(runs):
-        messages = [{"role": "system", "content": SYSTEM}, *_messages(i)]
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )["input_ids"]
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=max_tokens,
-                repetition_penalty=1.1,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-        raw_tps.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
+    say("raw transformers generate (in a fresh process, as the worker is)")
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        raw_tps = pool.submit(raw_transformers, folder, runs, max_tokens, threads).result()
     host_median, raw_median = statistics.median(host_tps), statistics.median(raw_tps)
     return {
         "model": folder.name,
