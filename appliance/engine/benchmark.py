@@ -223,63 +223,69 @@ def hf_bench_model(demo: Path, cache: Path, say: Callable[[str], None]) -> Path:
     return folder
 
 
-def raw_transformers(folder: Path, runs: int, max_tokens: int, threads: int) -> list[float]:
-    """tokens/s of plain `generate` on the same prompts (run in a process of its own:
-    llama.cpp's and torch's OpenMP runtimes slow each other down in one process)."""
+_RAW_MODEL: dict[str, Any] = {}
+
+
+def raw_transformers(folder: Path, i: int, max_tokens: int, threads: int) -> float:
+    """tokens/s of plain `generate` on prompt i. It runs in a process of its own (the
+    model stays loaded there between calls): llama.cpp's and torch's OpenMP runtimes
+    slow each other down when both are in one process."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-    rates = []
-    for i in range(runs):
-        messages = [{"role": "system", "content": SYSTEM}, *_messages(i)]
-        ids = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )["input_ids"]
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=False,
-                max_new_tokens=max_tokens,
-                repetition_penalty=1.1,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-        rates.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - start))
-    return rates
+    if not _RAW_MODEL:
+        torch.set_num_threads(threads)
+        _RAW_MODEL["tokenizer"] = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        _RAW_MODEL["model"] = AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=torch.float32
+        )
+    tokenizer, model = _RAW_MODEL["tokenizer"], _RAW_MODEL["model"]
+    messages = [{"role": "system", "content": SYSTEM}, *_messages(i)]
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )["input_ids"]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_tokens,
+            repetition_penalty=1.1,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
 
 
 def bench_transformers(
     folder: Path, runs: int, max_tokens: int, say: Callable[[str], None]
 ) -> dict:
+    """Host and raw runs alternate, so both see the same machine load."""
     threads = physical_cores()
-    with tempfile.TemporaryDirectory(prefix="appliance-bench-") as home:
+    settings = {"temperature": 0, "max_tokens": max_tokens}
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="appliance-bench-") as home,
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as raw,
+    ):
         library = Library(Paths(Path(home)))
         model_id = library.register(folder, external=True)["id"]
         host = Host(library, keep_alive_s=0, spare_worker=False)
         try:
-            say("transformers through the host")
+            say("transformers: host and raw generate, alternating")
             host.load(model_id, options={"n_threads": threads})
-            host_tps = []
-            for i in range(runs):
+            host_tps, raw_tps = [], []
+            for i in range(runs + 1):  # run 0 warms both up and is not counted
                 start = time.perf_counter()
-                gen = host.chat(
-                    model_id,
-                    _messages(i),
-                    system_prompt=SYSTEM,
-                    settings={"temperature": 0, "max_tokens": max_tokens},
-                )
+                gen = host.chat(model_id, _messages(i), system_prompt=SYSTEM, settings=settings)
                 list(gen)
-                host_tps.append(gen.result.completion_tokens / (time.perf_counter() - start))
+                host_rate = gen.result.completion_tokens / (time.perf_counter() - start)
+                raw_rate = raw.submit(raw_transformers, folder, i, max_tokens, threads).result()
+                if i:
+                    host_tps.append(host_rate)
+                    raw_tps.append(raw_rate)
         finally:
             host.shutdown()
-    say("raw transformers generate (in a fresh process, as the worker is)")
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        raw_tps = pool.submit(raw_transformers, folder, runs, max_tokens, threads).result()
     host_median, raw_median = statistics.median(host_tps), statistics.median(raw_tps)
     return {
         "model": folder.name,
