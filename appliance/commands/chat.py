@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -11,8 +10,8 @@ from appliance import sampling
 from appliance.errors import ApplianceError
 
 VAULT_MISSING = (
-    "--save needs the vault (encrypted chat history), which this build does not include yet. "
-    "Run the command without --save."
+    "--save needs the vault (encrypted chat history), which this command is not connected "
+    "to yet. Run the command without --save."
 )
 
 
@@ -44,7 +43,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from appliance.engine import Host
     from appliance.library.library import Library
 
-    if args.save and importlib.util.find_spec("appliance.vault") is None:
+    if args.save:
         raise ApplianceError(VAULT_MISSING)
     library = Library()
     library.get(args.model)
