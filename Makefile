@@ -32,10 +32,11 @@ demo-model: install
 	$(PY) scripts/fetch-demo-model
 
 # The end-to-end tests drive Debian's Chromium with Playwright (its own browser
-# download cannot work offline). Installed once; skipped when present.
+# download cannot work offline); the offline proof traces the app with strace.
+# Installed once; skipped when present.
 browser-deps:
-	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -q chromium chromium-driver; }
+	@test -x /usr/bin/chromium -a -x /usr/bin/strace || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver strace; }
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,0 +1,47 @@
+"""The vault: master password, envelope key, encrypted per-model chat history.
+
+The UI and the CLI use only the names exported here. The vault knows nothing of models
+beyond an id string.
+"""
+
+from appliance.vault.errors import (
+    HistoryError,
+    HistoryTampered,
+    KdfParamsRefused,
+    OrphanedHistory,
+    SettingsCorrupt,
+    Throttled,
+    UnknownConversation,
+    VaultAlreadyInitialized,
+    VaultError,
+    VaultLocked,
+    VaultNotInitialized,
+    WeakPassword,
+    WrongPassword,
+)
+from appliance.vault.history import ConversationInfo, ConversationLog, HistoryStore, Message
+from appliance.vault.strength import password_strength
+from appliance.vault.vault import Unlocked, Vault
+
+__all__ = [
+    "ConversationInfo",
+    "ConversationLog",
+    "HistoryError",
+    "HistoryStore",
+    "HistoryTampered",
+    "KdfParamsRefused",
+    "Message",
+    "OrphanedHistory",
+    "SettingsCorrupt",
+    "Throttled",
+    "UnknownConversation",
+    "Unlocked",
+    "Vault",
+    "VaultAlreadyInitialized",
+    "VaultError",
+    "VaultLocked",
+    "VaultNotInitialized",
+    "WeakPassword",
+    "WrongPassword",
+    "password_strength",
+]
