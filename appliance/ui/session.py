@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appliance import settings
 from appliance.vault import Unlocked
 
 KEY = "vault"
@@ -20,7 +19,8 @@ def unlocked(touch: bool = True) -> Unlocked | None:
     if vault is None:
         return None
     if vault.locked or vault.check_idle():
-        lock(f"Locked after {settings.load()['auto_lock_minutes']} idle minutes.")
+        minutes = round(vault.idle_timeout_s / 60)
+        lock(f"Locked after {minutes} minute(s) without activity. Unlock to continue.")
         return None
     if touch:
         vault.touch()

@@ -25,21 +25,26 @@ def render() -> None:
 
 
 def _app_settings() -> None:
+    vault = services().vault
     try:
         current = settings.load()
+        auto_lock = vault.auto_lock_s // 60
     except ApplianceError as exc:
         st.error(str(exc))
         return
     with st.form("app-settings"):
+        minutes = st.number_input("Lock the vault after this many idle minutes.", 1, 1440,
+                                  int(auto_lock), key="set-auto-lock")  # fmt: skip
         values = {s.name: _number(s, current[s.name]) for s in APP_SETTINGS}
         if st.form_submit_button("Save settings", type="primary"):
             try:
+                vault.set_auto_lock_s(int(minutes) * 60)
                 saved = settings.save(values)
             except ApplianceError as exc:
                 st.error(str(exc))
                 return
-            apply(saved)
-            st.success("Saved. Keep-alive, threads and context apply from the next model load.")
+            apply(saved, int(minutes) * 60)
+            st.success("Saved. Keep-alive applies now; threads and context from the next load.")
 
 
 def _number(setting, value: int) -> int:
@@ -47,12 +52,12 @@ def _number(setting, value: int) -> int:
                            key=f"set-{setting.name}")  # fmt: skip
 
 
-def apply(values: dict) -> None:
+def apply(values: dict, auto_lock_s: int) -> None:
     """Push settings into the running host and this session's vault."""
     services().host.keep_alive_s = values["keep_alive_minutes"] * 60
     unlocked = session.unlocked(touch=False)
     if unlocked is not None:
-        unlocked.idle_timeout_s = values["auto_lock_minutes"] * 60
+        unlocked.idle_timeout_s = auto_lock_s
 
 
 def _change_password() -> None:
