@@ -20,7 +20,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 # Command groups, in the order `appliance --help` lists them.
-GROUPS = ("models", "vault", "history")
+GROUPS = ("models", "chat", "history", "vault", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

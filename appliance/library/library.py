@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from appliance import sampling
 from appliance.errors import ImportRefused, UnknownModel
@@ -31,6 +32,7 @@ COMPATIBLE = {
     "ggml": ("ctransformers",),
     "hf-folder": ("transformers",),
     "safetensors": (),
+    "openai": ("openai",),
 }
 
 
@@ -65,6 +67,10 @@ class Library:
 
     def get(self, model_id: str) -> dict[str, Any]:
         return self.registry.load().get(model_id)
+
+    @staticmethod
+    def is_remote(entry: dict[str, Any]) -> bool:
+        return entry["format"] == "openai"
 
     def resolve(self, entry: dict[str, Any]) -> Path:
         path = Path(entry["path"])
@@ -136,6 +142,34 @@ class Library:
         if result["sha256"] is None:
             self.hasher.submit(result["id"])
         return result
+
+    def add_remote(self, base_url: str, model: str, name: str | None = None) -> dict[str, Any]:
+        """Register a model served by an OpenAI-compatible server (base URL + model name).
+
+        The API key is not stored here: the caller keeps it in the vault. Adding the same
+        server and model again returns the existing entry (renamed if a name is given).
+        """
+        url = normalize_base_url(base_url)
+        model = model.strip()
+        if not 0 < len(model) <= 200:
+            raise ImportRefused("A remote model name must have 1 to 200 characters.")
+        label = (name or model).strip()
+        with self.registry.transaction() as data:
+            for entry in data.models.values():
+                if entry["path"] == url and entry["metadata"].get("model_name") == model:
+                    if name:
+                        entry["name"] = label
+                    return dict(entry)
+            entry = {
+                "id": data.new_id(label), "name": label, "path": url, "external": True,
+                "format": "openai", "backend": "openai", "architecture": "remote",
+                "architecture_source": "user", "size_bytes": 0, "mtime": None,
+                "sha256": None, "added_at": now_iso(), "status": "present",
+                "metadata": {"model_name": model, "notes": [f"served by {url}"]},
+                "defaults": sampling.defaults(),
+            }  # fmt: skip
+            data.models[entry["id"]] = entry
+            return dict(entry)
 
     def rename(self, model_id: str, name: str) -> dict[str, Any]:
         name = name.strip()
@@ -248,13 +282,19 @@ class Library:
                 continue
             self._scan_new(candidate, report)
         for entry in self.entries():
-            if entry["sha256"] is None and entry["status"] == "present":
+            if (
+                entry["sha256"] is None
+                and entry["status"] == "present"
+                and not self.is_remote(entry)
+            ):
                 self.hasher.submit(entry["id"])
         return report
 
     def _refresh_statuses(self, report: ScanReport) -> None:
         with self.registry.transaction() as data:
             for entry in data.models.values():
+                if self.is_remote(entry):
+                    continue
                 exists = self.resolve(entry).exists()
                 if entry["status"] == "present" and not exists:
                     entry["status"] = "missing"
@@ -321,6 +361,18 @@ class Library:
             current_entry = data.models.get(model_id)
             if current_entry and current_entry["path"] == entry["path"] and _mtime(path) == mtime:
                 current_entry["sha256"] = digest
+
+
+def normalize_base_url(base_url: str) -> str:
+    """'http://host:8000' or 'http://host:8000/v1/' -> 'http://host:8000/v1'."""
+    url = base_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ImportRefused(
+            f"{base_url!r} is not a server address; use http://HOST:PORT (optionally ending "
+            "in /v1), for example http://192.168.1.20:8000/v1."
+        )
+    return url if parts.path.endswith("/v1") else url + "/v1"
 
 
 def _moved_entry(data, path: Path, info: ModelInfo, mtime: int) -> dict[str, Any] | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMATS = ("gguf", "ggml", "safetensors", "hf-folder")
+FORMATS = ("gguf", "ggml", "safetensors", "hf-folder", "openai")
 BACKENDS = ("llama.cpp", "ctransformers", "transformers", "openai")
 DEFAULT_BACKEND = {
     "gguf": "llama.cpp",
     "ggml": "ctransformers",
     "safetensors": "transformers",
     "hf-folder": "transformers",
+    "openai": "openai",
 }
 
 

@@ -217,6 +217,8 @@ def validate_entry(entry: Any) -> dict[str, Any]:
     _require(entry, "size_bytes", int, lambda v: v >= 0, "a size in bytes", label)
     _require(entry, "status", str, lambda v: v in STATUSES, f"one of {STATUSES}", label)
     _require(entry, "added_at", str, bool, "a date", label)
+    if entry["format"] == "openai" or entry["backend"] == "openai":
+        _check_remote(entry, label)
     sha = entry.get("sha256")
     if sha is not None and not (isinstance(sha, str) and _SHA_RE.match(sha)):
         raise ValueError(f"{label}: 'sha256' must be 64 hex digits or null")
@@ -236,6 +238,21 @@ def validate_entry(entry: Any) -> dict[str, Any]:
     clean.setdefault("architecture_source", "metadata")
     clean["defaults"] = sampling.validate(entry.get("defaults", {}), f"{label}: defaults")
     return clean
+
+
+def _check_remote(entry: dict[str, Any], label: str) -> None:
+    """A remote entry: format and backend 'openai', an http(s) base URL, a model name."""
+    if (entry["format"], entry["backend"]) != ("openai", "openai"):
+        raise ValueError(f"{label}: remote models need format and backend 'openai'")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", entry["path"]) or not entry["external"]:
+        raise ValueError(f"{label}: 'path' must be the server's http(s) base URL, external")
+    name = (
+        entry.get("metadata", {}).get("model_name")
+        if isinstance(entry.get("metadata"), dict)
+        else None
+    )
+    if not (isinstance(name, str) and name):
+        raise ValueError(f"{label}: 'metadata.model_name' must name the server's model")
 
 
 def _require(entry: dict, key: str, kind: type, check: Any, expected: str, label: str = "") -> None:

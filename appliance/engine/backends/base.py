@@ -1,0 +1,108 @@
+"""The backend interface: load, one streaming chat method, close; capabilities on the class.
+
+A backend module stays light to import: it imports its heavy library (llama_cpp, torch,
+ctransformers...) inside its methods, so the host can read a backend's capabilities and
+check that its extra is installed without paying for the import. Backends run only
+inside the worker process (appliance.engine.worker).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from appliance.engine.errors import BackendUnavailable
+
+Log = Callable[[str], None]
+Message = dict[str, str]
+
+
+@dataclass
+class LoadSpec:
+    """What the worker needs to load one model."""
+
+    path: str  # file or folder; for remote backends the server's base URL
+    entry: dict[str, Any]  # the registry entry (name, format, architecture, metadata)
+    options: dict[str, Any] = field(default_factory=dict)
+    api_key: str | None = None
+
+
+@dataclass
+class Loaded:
+    """What a backend reports once the model is ready."""
+
+    context_length: int
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None
+    device: str = "cpu"
+    chat_template: bool = True
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Usage:
+    """Filled in by `chat` as it streams."""
+
+    completion_tokens: int = 0
+    finish: str = "stop"  # stop | length | cancelled
+
+
+class Backend:
+    """One resident model inside the worker."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str]  # the pip extra that installs `modules`
+    modules: ClassVar[tuple[str, ...]] = ()  # heavy import names
+    formats: ClassVar[tuple[str, ...]] = ()
+    remote: ClassVar[bool] = False
+    exact_token_count: ClassVar[bool] = True  # False: count_tokens is an estimate
+    uses_gpu: ClassVar[bool] = False
+    crash_hint: ClassVar[str] = ""  # added to the message when the worker dies loading
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        return [m for m in cls.modules if importlib.util.find_spec(m) is None]
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise BackendUnavailable naming the extra when a heavy module is missing."""
+        missing = cls.missing_modules()
+        if missing:
+            raise BackendUnavailable(
+                f"The {cls.name} backend needs the Python package(s) {', '.join(missing)}, "
+                f"which are not installed. Install the '{cls.extra}' extra: "
+                f"pip install 'offline-llm-switcher[{cls.extra}]'."
+            )
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import the heavy modules now (a spare worker does this ahead of a switch)."""
+        for module in cls.modules:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+
+    def load(self, spec: LoadSpec, log: Log) -> Loaded:
+        raise NotImplementedError
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Tokens of the full prompt these messages render to, generation prompt included."""
+        raise NotImplementedError
+
+    def chat(
+        self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        """Stream the reply's text; stop soon after `cancel` is set; fill self.usage."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the model (the worker exits right after, which frees everything)."""

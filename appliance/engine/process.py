@@ -1,0 +1,128 @@
+"""The host's handle on one worker process: spawn, talk, watch it die, stop it.
+
+Each resident model lives in its own `python -m appliance.engine.worker` process, so a
+segfault, an abort or an out-of-memory kill in native code ends that process only, and
+stopping it gives all its memory back to the system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from appliance.paths import APP_ROOT
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "killed; the system may have run out of memory",
+    signal.SIGSEGV: "a crash in native code",
+    signal.SIGABRT: "aborted by native code",
+    signal.SIGBUS: "a bus error: the model file may have changed or shrunk while in use",
+    signal.SIGFPE: "an arithmetic fault in native code",
+    signal.SIGILL: "an illegal instruction: the library was built for another CPU",
+}
+
+
+class WorkerDied(Exception):
+    """The worker's connection closed: the process has exited or been killed."""
+
+
+class WorkerProcess:
+    """A started worker; `preload` names a backend target whose library it imports at once."""
+
+    def __init__(self, preload: str | None = None) -> None:
+        self.preload = preload
+        parent, child = socket.socketpair()
+        env = os.environ.copy()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(APP_ROOT), env.get("PYTHONPATH"))))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        command = [sys.executable, "-m", "appliance.engine.worker", "--fd", str(child.fileno())]
+        if preload:
+            command += ["--preload", preload]
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self.conn = Connection(parent.detach())
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        threading.Thread(target=self._drain_stderr, daemon=True, name="worker-stderr").start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+        self.proc.stderr.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.conn.send_bytes(json.dumps(message).encode("utf-8"))
+        except OSError as exc:
+            raise WorkerDied(self.describe_exit()) from exc
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next message, or None after timeout seconds; WorkerDied when it is gone."""
+        try:
+            if timeout is not None and not self.conn.poll(timeout):
+                return None
+            return json.loads(self.conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            raise WorkerDied(self.describe_exit()) from exc
+
+    def describe_exit(self) -> str:
+        """How the process ended, for the user: 'SIGKILL: killed; ...' or 'exit code 1'."""
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "its connection closed"
+        if code < 0:
+            sig = signal.Signals(-code)
+            text = f"{sig.name}: {_SIGNAL_HINTS.get(sig, 'killed by a signal')}"
+        else:
+            text = f"exit code {code}"
+        last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
+        return f"{text}; last output: {last[:300]}" if last else text
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Ask the worker to exit, kill it after grace_s, and reap it."""
+        if self.alive():
+            with contextlib.suppress(WorkerDied):
+                self.send({"op": "exit"})
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.close()

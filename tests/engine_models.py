@@ -1,0 +1,62 @@
+"""Real models for engine tests, built from the demo GGUF (no network needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+
+from appliance.library.library import Library
+
+
+def gguf_without_template(source: Path, target: Path) -> Path:
+    """A copy of a GGUF with its chat template removed: a 'base model' for the fallback."""
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(target, arch=arch, endianess=reader.endianess)
+    for field in reader.fields.values():
+        name = field.name
+        if name == gguf.Keys.General.ARCHITECTURE or name.startswith("GGUF."):
+            continue
+        if name.startswith(gguf.Keys.Tokenizer.CHAT_TEMPLATE):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), value_type, sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype,
+                               tensor.data.nbytes, tensor.tensor_type)  # fmt: skip
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in reader.tensors:
+        writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
+    return target
+
+
+def tiny_hf_model(demo: Path, folder: Path, *, chat_template: bool = True) -> Path:
+    """A 2-layer random-weight Llama in safetensors with the demo model's real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(demo.parent, gguf_file=demo.name)
+    if not chat_template:
+        tokenizer.chat_template = None
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if not chat_template:
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    return folder
+
+
+def register_demo(library: Library, demo: Path, name: str | None = None) -> str:
+    """Register the demo GGUF where it is; return its id."""
+    return library.register(demo, external=True, name=name)["id"]

@@ -1,0 +1,83 @@
+"""Small engine parts: options, stop strings, llama.cpp log reasons, the backend table."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.engine import BackendUnavailable, InvalidOptions, options
+from appliance.engine import backends as table
+from appliance.engine.backends.llama_cpp import LlamaLog
+from appliance.engine.errors import RemoteServerError
+from appliance.engine.prompt import StopFilter
+from appliance.engine.remote import normalize_base_url
+
+
+def test_default_context_is_capped_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(options, "available_memory", lambda: 64 << 30)
+    assert options.default_n_ctx(8192, 23_040) == 4096  # the fixed cap
+    assert options.default_n_ctx(2048, 23_040) == 2048  # the model's own context
+    assert options.default_n_ctx(None, None) == 4096
+    monkeypatch.setattr(options, "available_memory", lambda: 40 << 20)
+    # a quarter of 40 MiB holds 455 tokens of 23,040 bytes: rounded down to 256
+    assert options.default_n_ctx(8192, 23_040) == 256
+
+
+def test_physical_cores_is_sane() -> None:
+    assert 1 <= options.physical_cores() <= (len(__import__("os").sched_getaffinity(0)))
+
+
+def test_check_options() -> None:
+    assert options.check_options({"n_ctx": 512, "n_gpu_layers": -1}) == {
+        "n_ctx": 512, "n_gpu_layers": -1}  # fmt: skip
+    with pytest.raises(InvalidOptions, match="Unknown load option 'ctx'"):
+        options.check_options({"ctx": 5})
+    with pytest.raises(InvalidOptions, match="n_threads must be a whole number from 1"):
+        options.check_options({"n_threads": True})
+
+
+def test_stop_filter_holds_back_partial_matches() -> None:
+    stops = StopFilter(["\nUser:"])
+    out = [stops.feed(t) for t in ("Hello", " there\n", "Us", "er: more")]
+    assert out == ["Hello", " there", "", ""] and stops.hit
+    stops = StopFilter(["\nUser:"])
+    assert [stops.feed("a\n"), stops.feed("Uh"), stops.flush()] == ["a", "\nUh", ""]
+    stops = StopFilter(["\nUser:"])
+    assert (stops.feed("end\nU"), stops.flush()) == ("end", "\nU")
+
+
+def test_llama_log_reason_skips_generic_lines() -> None:
+    log = LlamaLog()
+    log.lines.extend([
+        "gguf_init_from_reader: failed to read magic",
+        "llama_model_load: error loading model: llama_model_loader: failed to load model from x",
+        "llama_model_load_from_file_impl: failed to load model",
+    ])  # fmt: skip
+    assert log.reason() == "failed to read magic"
+    log.lines.clear()
+    log.lines.append("llama_model_load_from_file_impl: failed to load model")
+    assert log.reason() is None
+
+
+def test_backend_table() -> None:
+    assert table.backend_names()[:4] == ("llama.cpp", "transformers", "ctransformers", "openai")
+    assert table.backend_class("llama.cpp").formats == ("gguf",)
+    assert table.backend_class("openai").remote is True
+    with pytest.raises(BackendUnavailable, match="No backend named 'nope'"):
+        table.backend_target("nope")
+    with pytest.raises(ValueError, match="must look like 'package.module:Class'"):
+        table.register_backend("x", "no-colon")
+    with pytest.raises(TypeError, match="is not a Backend subclass"):
+        table.load_target("appliance.engine.errors:EngineBusy")
+
+
+def test_later_backends_register_like_built_ins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table, "_TARGETS", dict(table._TARGETS))
+    table.register_backend("fake", "tests.engine_fakes:FakeBackend")
+    assert table.backend_class("fake").name == "fake"
+
+
+def test_normalize_base_url() -> None:
+    assert normalize_base_url("http://h:8000") == "http://h:8000/v1"
+    assert normalize_base_url(" https://h/v1/ ") == "https://h/v1"
+    with pytest.raises(RemoteServerError, match="not a server address"):
+        normalize_base_url("h:8000")
