@@ -138,6 +138,8 @@ def show_message(role: str, content: str, meta: dict[str, Any]) -> None:
         st.markdown(content)
         if meta.get("stopped"):
             st.caption("Stopped: the reply was cut short.")
+        if meta.get("finish") == "length":
+            st.caption("The reply reached the max tokens limit (chat settings).")
         if meta.get("error"):
             st.caption(f"Interrupted: {meta['error']}")
 
@@ -220,7 +222,7 @@ def stream_and_save(generation, save: Callable[[str, dict[str, Any]], None]) -> 
         if result is not None:
             meta.update(dropped_turns=result.dropped_turns, prompt_tokens=result.prompt_tokens,
                         completion_tokens=result.completion_tokens,
-                        context_length=result.context_length)  # fmt: skip
+                        context_length=result.context_length, finish=result.finish)  # fmt: skip
         meta = {k: v for k, v in meta.items() if v not in (None, False)}
         if parts or meta.get("error"):
             save("".join(parts), meta)
