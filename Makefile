@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := llama,legacy,transformers,dev
 
-.PHONY: run test install demo-model browser-deps lint
+.PHONY: run test install demo-model browser-deps lint container-smoke
 
 run: install demo-model
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
@@ -19,6 +19,7 @@ test: install demo-model browser-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+	$(MAKE) container-smoke
 
 install: $(STAMP)
 
@@ -37,6 +38,10 @@ demo-model: install
 browser-deps:
 	@test -x /usr/bin/chromium -a -x /usr/bin/strace || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver strace; }
+
+# The container appliance end to end (root; installs podman & co with apt-get).
+container-smoke:
+	PYTHON=$(PYTHON) scripts/container-smoke
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
