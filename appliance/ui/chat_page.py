@@ -31,6 +31,9 @@ def render() -> None:
         st.info("No model is available. Add one on the Import page or copy it into models/.")
         return
     entry = _pick_model(entries, svc.host.status().model_id)
+    flash = st.session_state.pop("chat-flash", None)
+    if flash:
+        getattr(st, flash[0])(flash[1])
     history = unlocked.history
     conv_id = _conversations(history, entry)
     options = _chat_settings(entry)
@@ -177,10 +180,10 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
             settings=settings, session_id=session.session_id(), api_key=api_key,
         )  # fmt: skip
     except EngineBusy as exc:
-        st.warning(str(exc))
+        st.session_state["chat-flash"] = ("warning", str(exc))
         return
     except ApplianceError as exc:
-        st.error(str(exc))
+        st.session_state["chat-flash"] = ("error", str(exc))
         return
 
     def save(text: str, meta: dict[str, Any]) -> None:
@@ -199,8 +202,7 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
         try:
             st.write_stream(stream_and_save(generation, save))
         except ApplianceError as exc:
-            st.error(str(exc))
-            time.sleep(2)
+            st.session_state["chat-flash"] = ("error", str(exc))
 
 
 def stream_and_save(generation, save: Callable[[str, dict[str, Any]], None]) -> Iterator[str]:
@@ -224,5 +226,5 @@ def stream_and_save(generation, save: Callable[[str, dict[str, Any]], None]) -> 
                         completion_tokens=result.completion_tokens,
                         context_length=result.context_length, finish=result.finish)  # fmt: skip
         meta = {k: v for k, v in meta.items() if v not in (None, False)}
-        if parts or meta.get("error"):
+        if parts:
             save("".join(parts), meta)

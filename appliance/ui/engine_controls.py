@@ -28,16 +28,19 @@ def load_buttons(entry: dict[str, Any]) -> None:
     if entry["status"] != "present" and entry["format"] != "openai":
         st.warning("The files of this model are missing. Put them back or remove the entry.")
         return
+    if resident:
+        st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
+                   f"context {status.context_length}).")  # fmt: skip
     label = "Reload" if resident else ("Switch to this model" if status.model_id else "Load")
     cols = st.columns(2)
-    if cols[0].button(
-        label, type="primary", icon=":material/play_arrow:", key=f"load-{entry['id']}"
-    ):
-        load(entry)
-    if resident and cols[1].button("Unload", icon=":material/eject:", key=f"unload-{entry['id']}"):
-        with st.status("Unloading…") as box:
+    key = entry["id"]
+    clicked = cols[0].button(label, type="primary", icon=":material/play_arrow:", key=f"load-{key}")
+    if clicked and load(entry):
+        st.rerun()
+    if resident and cols[1].button("Unload", icon=":material/eject:", key=f"unload-{key}"):
+        with st.spinner("Unloading…"):
             host.unload()
-            box.update(label="Unloaded: its memory is free again.", state="complete")
+        st.rerun()
 
 
 def load(entry: dict[str, Any]) -> bool:
