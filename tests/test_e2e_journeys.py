@@ -11,6 +11,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
+from appliance.library.library import Library
 from tests.browser import AppServer, shot, wait_idle
 from tests.helpers import write_gguf
 
@@ -23,14 +24,14 @@ def set_up(page: Page, url: str) -> None:
     page.get_by_label("Master password").fill(PASSWORD)
     page.get_by_label("Confirm the password").fill(PASSWORD)
     shot(page, "unlock-first-run")
-    page.get_by_role("button", name="Create vault").click()
+    page.get_by_role("button", name="Create vault", exact=True).click()
     expect(page.get_by_role("link", name="Chat")).to_be_visible()
 
 
 def unlock(page: Page, url: str, password: str = PASSWORD) -> None:
     page.goto(url)
     page.get_by_label("Master password").fill(password)
-    page.get_by_role("button", name="Unlock").click()
+    page.get_by_role("button", name="Unlock", exact=True).click()
 
 
 def go(page: Page, name: str) -> None:
@@ -44,10 +45,15 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
 
 
-def with_demo(server_home: Path, demo_model: Path) -> None:
+def with_demo(server_home: Path, demo_model: Path, max_tokens: int = 512) -> None:
+    """The demo model in the app's models/, answering deterministically."""
     models = server_home / "models"
     models.mkdir(parents=True, exist_ok=True)
     (models / demo_model.name).hardlink_to(demo_model)
+    library = Library()
+    entry = library.register(models / demo_model.name)
+    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42, "max_tokens": max_tokens,
+                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
 
 
 def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page: Page) -> None:
@@ -58,8 +64,8 @@ def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page
         go(page, "Library")
         expect(page.get_by_test_id("stDataFrame")).to_contain_text("SmolLM2-135M-Instruct")
         shot(page, "library")
-        page.get_by_role("button", name="Load").click()
-        expect(page.get_by_text("is ready.")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Load", exact=True).click()
+        expect(page.get_by_text("is loaded (llama.cpp")).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stSidebar")).to_contain_text("llama.cpp")
         go(page, "Chat")
         send(page, "What is the capital of France?")
@@ -75,15 +81,17 @@ def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page
 
 
 def test_stop_keeps_the_partial_reply(appliance_home: Path, demo_model: Path, page: Page) -> None:
-    with_demo(appliance_home, demo_model)
+    with_demo(appliance_home, demo_model, max_tokens=8000)
     server = AppServer(appliance_home).start()
     try:
         set_up(page, server.url)
         send(page, "Write a very long story about a dragon, at least 2000 words.")
         reply = page.get_by_test_id("stChatMessage").nth(1)
         expect(reply).to_contain_text(" ", timeout=60_000)
-        page.wait_for_timeout(1500)
-        page.get_by_test_id("stChatInputSubmitButton").click()  # the Stop button while running
+        page.wait_for_timeout(1000)
+        page.get_by_test_id("stChatInputStopButton").click()
+        page.wait_for_timeout(500)
+        go(page, "Chat")  # the next run shows the stored, partial reply
         expect(page.get_by_text("Stopped: the reply was cut short.")).to_be_visible(timeout=15_000)
         shot(page, "chat-stopped")
     finally:
@@ -95,11 +103,13 @@ def test_wrong_passwords_lead_to_the_delay(appliance_home: Path, page: Page) -> 
     try:
         set_up(page, server.url)
         page.get_by_role("link", name="Settings").click()
-        page.get_by_role("button", name="Lock now").click()
-        for _ in range(6):
+        page.get_by_role("button", name="Lock now", exact=True).click()
+        for _ in range(5):
             unlock(page, server.url, "not the password")
             wait_idle(page)
+        page.goto(server.url)
         expect(page.get_by_text("Too many wrong passwords. Try again in")).to_be_visible()
+        expect(page.get_by_role("button", name="Unlock", exact=True)).to_be_disabled()
         shot(page, "unlock-throttled")
     finally:
         server.stop()
@@ -115,10 +125,10 @@ def test_import_then_chat(
     try:
         set_up(page, server.url)
         go(page, "Import")
-        page.get_by_label("Path").fill(str(outside))
-        page.get_by_label("Path").press("Enter")
+        page.get_by_role("textbox", name="Path").fill(str(outside))
+        page.get_by_role("textbox", name="Path").press("Enter")
         expect(page.get_by_text("gguf, llama (metadata)")).to_be_visible()
-        page.get_by_role("button", name="Import").click()
+        page.get_by_role("button", name="Import", exact=True).click()
         expect(page.get_by_text("Added **demo-copy**".replace("**", ""))).to_be_visible(
             timeout=60_000
         )
@@ -145,7 +155,7 @@ def test_drop_in_while_running(appliance_home: Path, page: Page, tmp_path: Path)
 
 
 def test_two_sessions_queue(appliance_home: Path, demo_model: Path, browser: Browser) -> None:
-    with_demo(appliance_home, demo_model)
+    with_demo(appliance_home, demo_model, max_tokens=8000)
     server = AppServer(appliance_home).start()
     first = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
