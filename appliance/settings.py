@@ -1,4 +1,6 @@
-"""App-wide settings in config/app.json: auto-lock, keep-alive, threads, context size.
+"""App-wide settings in config/app.json: keep-alive, threads and context size.
+
+(The auto-lock delay belongs to the vault: appliance.vault.Vault.auto_lock_s.)
 
 Declared once with descriptions and bounds (the same `Setting` table as sampling),
 validated on load, written atomically. No secrets live here. A corrupted file is
@@ -16,7 +18,6 @@ from appliance.paths import Paths, current
 from appliance.sampling import Setting, validate
 
 APP_SETTINGS: tuple[Setting, ...] = (
-    Setting("auto_lock_minutes", 15, "Lock the vault after this many idle minutes.", int, 1, 1440),
     Setting("keep_alive_minutes", 30, "Unload an idle model after this many minutes "
             "(0 = keep it loaded).", int, 0, 10_080),
     Setting("n_threads", 0, "CPU threads for inference (0 = the physical cores).", int, 0, 256),

@@ -1,13 +1,11 @@
-"""The Streamlit app: the library page headless (AppTest), and a real server started in a
+"""The Streamlit app through its router (AppTest), and a real server started in a
 network namespace that has only loopback, which proves it runs with no network at all."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from appliance.paths import APP_ROOT
 from appliance.ui.services import services
-from tests.helpers import write_gguf
+from tests.vault_helpers import PASSWORD
 
 APP = str(APP_ROOT / "streamlit_app.py")
 
@@ -25,37 +23,68 @@ APP = str(APP_ROOT / "streamlit_app.py")
 @pytest.fixture
 def app(appliance_home: Path) -> Iterator[AppTest]:
     st.cache_resource.clear()
-    yield AppTest.from_file(APP, default_timeout=30)
-    services().watcher.stop()
+    yield AppTest.from_file(APP, default_timeout=60)
+    svc = services()
+    svc.watcher.stop()
+    svc.host.shutdown()
     st.cache_resource.clear()
 
 
-def test_library_page_shows_models(app: AppTest, appliance_home: Path, demo_model: Path) -> None:
-    (appliance_home / "models" / demo_model.name).symlink_to(demo_model)  # links are skipped
-    tiny = write_gguf(appliance_home / "models" / "tiny.gguf", "qwen2", name="T", context=4096)
-    os.utime(tiny, (time.time() - 60, time.time() - 60))  # copied while the app was down
+def _set_up(app: AppTest, password: str = PASSWORD, confirm: str | None = None) -> AppTest:
+    app.run()
+    app.text_input(key="setup-pw").input(password)
+    app.text_input(key="setup-confirm").input(confirm if confirm is not None else password)
+    return app.button(key="setup-go").click().run()
+
+
+def _unlock(app: AppTest, password: str) -> AppTest:
+    app.text_input(key="unlock-pw").input(password)
+    return app.button[0].click().run()
+
+
+def test_first_run_asks_for_a_new_password(app: AppTest) -> None:
     app.run()
     assert not app.exception
-    assert app.title[0].value == "Model library"
-    table = app.dataframe[0].value
-    assert list(table["Name"]) == ["tiny"]
-    row = table.iloc[0]
-    assert (row["Format"], row["Backend"], row["Architecture"]) == ("gguf", "llama.cpp", "qwen2")
-    assert (row["Quantisation"], row["Context"]) == ("Q4_1", 4096)
-    assert row["sha256"] == "hashing…" or len(row["sha256"]) == 17
+    assert app.title[0].value == "Welcome"
+    assert [s.label for s in app.sidebar.markdown] == []  # nothing but the unlock page
+    app.text_input(key="setup-pw").input("abc").run()
+    assert "Strength: very weak." in app.get("progress")[0].proto.text
+    _set_up(app)
+    assert not app.exception and not app.error
+    assert "vault" in app.session_state
+    assert "Active model" in app.sidebar.markdown[0].value
 
 
-def test_library_page_empty(app: AppTest) -> None:
+def test_mismatched_and_weak_passwords(app: AppTest) -> None:
+    _set_up(app, PASSWORD, "something else entirely")
+    assert app.error[0].value == "The two passwords differ. Type the same password twice."
+    _set_up(app, "short", "short")
+    assert "8 characters" in app.error[0].value
+    assert "vault" not in app.session_state
+
+
+def test_wrong_password_then_throttled(app: AppTest) -> None:
+    _set_up(app)
+    app.session_state["vault"].lock()
     app.run()
-    assert not app.exception
-    assert "No models yet" in app.info[0].value
+    assert app.title[0].value == "Unlock"
+    for _ in range(5):
+        _unlock(app, "not the password")
+        assert "wrong" in app.error[0].value.lower()
+    _unlock(app, "not the password")
+    assert app.warning[0].value.startswith("Too many wrong passwords. Try again in ")
+    assert app.button[0].disabled
+    assert "vault" not in app.session_state or app.session_state["vault"].locked
 
 
-def test_corrupt_registry_is_shown_not_raised(app: AppTest, appliance_home: Path) -> None:
-    (appliance_home / "models" / "registry.json").write_text("{oops")
+def test_corrupted_settings_file_is_explained(app: AppTest, appliance_home: Path) -> None:
+    _set_up(app)
+    (appliance_home / "config" / "settings.json").write_text("{ broken")
+    app.session_state["vault"].lock()
     app.run()
-    assert not app.exception
-    assert "is not valid JSON" in app.error[0].value
+    _unlock(app, PASSWORD)
+    assert "settings" in app.error[0].value.lower()
+    assert "Traceback" not in app.error[0].value
 
 
 OFFLINE = textwrap.dedent(
@@ -93,4 +122,3 @@ def test_app_serves_in_a_loopback_only_namespace(appliance_home: Path, tmp_path:
     assert proc.stdout.split() == ["200", "network", "unreachable"]
     text = log.read_text()
     assert "Traceback" not in text, text
-    assert "URL: http://localhost:8765" in text or "localhost:8765" in text, text

@@ -12,10 +12,9 @@ from appliance.hardware import Gpu, Hardware
 
 
 def test_defaults_then_save_and_reload(appliance_home: Path) -> None:
-    assert settings.load() == {"auto_lock_minutes": 15, "keep_alive_minutes": 30,
-                               "n_threads": 0, "n_ctx": 0}  # fmt: skip
-    settings.save({"auto_lock_minutes": 5})
-    assert settings.load()["auto_lock_minutes"] == 5
+    assert settings.load() == {"keep_alive_minutes": 30, "n_threads": 0, "n_ctx": 0}
+    settings.save({"n_threads": 2})
+    assert settings.load()["n_threads"] == 2
     stored = appliance_home / "config" / "app.json"
     assert stored.stat().st_mode & 0o777 == 0o600
     assert json.loads(stored.read_text())["keep_alive_minutes"] == 30

@@ -8,10 +8,12 @@ from typing import Any
 import streamlit as st
 
 from appliance import format as fmt
+from appliance.engine.remote import list_remote_models
 from appliance.errors import ApplianceError
 from appliance.library.importer import Upload, import_path
 from appliance.library.inspect import inspect_model
 from appliance.library.model_info import BACKENDS
+from appliance.ui import session
 from appliance.ui.services import services
 
 MODES = {"copy": "Copy into models/", "link": "Hard link into models/", "in-place": "Use in place"}
@@ -20,11 +22,15 @@ INFER = "(infer from the file)"
 
 def render() -> None:
     st.title("Import a model")
-    path_tab, upload_tab = st.tabs(["From a path on this machine", "Upload from the browser"])
+    path_tab, upload_tab, remote_tab = st.tabs(
+        ["From a path on this machine", "Upload from the browser", "OpenAI-compatible server"]
+    )
     with path_tab:
         _from_path()
     with upload_tab:
         _upload()
+    with remote_tab:
+        _remote()
     _drop_in_panel()
 
 
@@ -110,6 +116,37 @@ def _upload() -> None:
             st.error(str(exc))
         else:
             _imported(entry)
+
+
+def _remote() -> None:
+    st.caption("A vLLM, llama.cpp server, Ollama or TGI server on your network. The API key, "
+               "if any, is stored encrypted in the vault, never in the registry.")  # fmt: skip
+    url = st.text_input("Base URL", key="remote-url", placeholder="http://10.0.0.5:8000/v1")
+    api_key = st.text_input("API key (optional)", type="password", key="remote-key")
+    if st.button("List its models", key="remote-list", disabled=not url.strip()):
+        try:
+            st.session_state["remote-models"] = list_remote_models(url.strip(), api_key or None)
+        except ApplianceError as exc:
+            st.session_state.pop("remote-models", None)
+            st.error(str(exc))
+    offered = st.session_state.get("remote-models")
+    if offered is None:
+        return
+    if not offered:
+        st.info("The server lists no models.")
+        return
+    chosen = st.multiselect("Models to add", offered, default=offered[:1], key="remote-pick")
+    if st.button("Add to the library", type="primary", key="remote-add", disabled=not chosen):
+        unlocked = session.unlocked()
+        for model in chosen:
+            try:
+                entry = services().library.add_remote(url.strip(), model)
+                if api_key and unlocked is not None:
+                    unlocked.set_secret(f"api-key:{entry['id']}", api_key)
+            except ApplianceError as exc:
+                st.error(str(exc))
+                return
+            st.success(f"Added **{entry['name']}** (id `{entry['id']}`, openai).")
 
 
 @st.fragment(run_every=2)

@@ -10,6 +10,7 @@ from appliance import format as fmt
 from appliance import hardware
 from appliance.errors import ApplianceError
 from appliance.sampling import SETTINGS, Setting
+from appliance.ui import engine_controls
 from appliance.ui.services import services
 
 FIT_ICON = {
@@ -101,6 +102,7 @@ def _actions(entries: list[dict[str, Any]]) -> None:
     names = {e["id"]: f"{e['name']} ({e['id']})" for e in entries}
     model_id = st.selectbox("Model", list(names), format_func=names.get, key="library_model")
     entry = next(e for e in entries if e["id"] == model_id)
+    engine_controls.load_buttons(entry)
     _rename(entry)
     _defaults(entry)
     _remove(entry)

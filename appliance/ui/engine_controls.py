@@ -1,0 +1,74 @@
+"""Load, switch and unload controls, and the always-visible active-model panel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from appliance import settings
+from appliance.errors import ApplianceError
+from appliance.ui import session
+from appliance.ui.services import services
+
+PHASES = {"idle": "No model loaded", "loading": "Loading…", "ready": "Ready",
+          "generating": "Generating…", "unloading": "Unloading…", "error": "Error"}  # fmt: skip
+
+
+def load_options() -> dict[str, Any]:
+    """Threads and context from the app settings (0 = the engine decides)."""
+    values = settings.load()
+    return {k: values[k] for k in ("n_threads", "n_ctx") if values[k]}
+
+
+def load_buttons(entry: dict[str, Any]) -> None:
+    host = services().host
+    status = host.status()
+    resident = status.model_id == entry["id"] and status.phase in ("ready", "generating")
+    if entry["status"] != "present" and entry["format"] != "openai":
+        st.warning("The files of this model are missing. Put them back or remove the entry.")
+        return
+    if resident:
+        st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
+                   f"context {status.context_length}).")  # fmt: skip
+    label = "Reload" if resident else ("Switch to this model" if status.model_id else "Load")
+    cols = st.columns(2)
+    key = entry["id"]
+    clicked = cols[0].button(label, type="primary", icon=":material/play_arrow:", key=f"load-{key}")
+    if clicked and load(entry):
+        st.rerun()
+    if resident and cols[1].button("Unload", icon=":material/eject:", key=f"unload-{key}"):
+        with st.spinner("Unloading…"):
+            host.unload()
+        st.rerun()
+
+
+def load(entry: dict[str, Any]) -> bool:
+    """Load (or switch to) entry with live progress; True when ready."""
+    unlocked = session.unlocked()
+    api_key = None
+    if entry["format"] == "openai" and unlocked is not None:
+        api_key = unlocked.get_secret(f"api-key:{entry['id']}")
+    with st.status(f"Loading {entry['name']}…", expanded=True) as box:
+        try:
+            services().host.load(entry["id"], api_key=api_key, options=load_options(),
+                                 progress=lambda text: box.write(text))  # fmt: skip
+        except ApplianceError as exc:
+            box.update(label=f"Could not load {entry['name']}", state="error")
+            st.error(str(exc))
+            return False
+        box.update(label=f"{entry['name']} is ready.", state="complete", expanded=False)
+    return True
+
+
+@st.fragment(run_every=3)
+def active_model_panel() -> None:
+    """The sidebar panel: which model is active, its backend and architecture."""
+    status = services().host.status()
+    st.markdown("**Active model**")
+    if not status.model_id:
+        st.caption(PHASES["idle"])
+        return
+    st.markdown(f"{status.name}  \n`{status.backend}` · `{status.architecture}`")
+    detail = f" — {status.detail}" if status.detail else ""
+    st.caption(f"{PHASES.get(status.phase, status.phase)}{detail}")

@@ -1,0 +1,55 @@
+"""Per-browser-session state: the unlocked vault lives only in st.session_state.
+
+Never in st.cache_resource (shared by every browser) or st.cache_data (pickled to a
+shared cache). Locking drops the reference, and the Unlocked object wipes its key.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from appliance.vault import Unlocked
+
+KEY = "vault"
+
+
+def unlocked(touch: bool = True) -> Unlocked | None:
+    """This session's unlocked vault, or None (locking it first if idle too long)."""
+    vault: Unlocked | None = st.session_state.get(KEY)
+    if vault is None:
+        return None
+    if vault.locked or vault.check_idle():
+        minutes = round(vault.idle_timeout_s / 60)
+        lock(f"Locked after {minutes} minute(s) without activity. Unlock to continue.")
+        return None
+    if touch:
+        vault.touch()
+    return vault
+
+
+def set_unlocked(vault: Unlocked) -> None:
+    st.session_state[KEY] = vault
+    st.session_state.pop("lock_reason", None)
+
+
+def lock(reason: str = "Locked.") -> None:
+    """Drop the key of this browser session (other sessions are not affected)."""
+    vault: Unlocked | None = st.session_state.pop(KEY, None)
+    if vault is not None and not vault.locked:
+        vault.lock()
+    for key in [k for k in st.session_state if str(k).startswith("conv-")]:
+        del st.session_state[key]
+    st.session_state["lock_reason"] = reason
+
+
+def session_id() -> str:
+    """A stable id for this browser session (for the engine's queue)."""
+    ctx = st.runtime.scriptrunner.get_script_run_ctx()
+    return ctx.session_id if ctx else "default"
+
+
+@st.fragment(run_every=15)
+def idle_lock_watch() -> None:
+    """Lock an idle session even while nobody clicks (this check is not activity)."""
+    if st.session_state.get(KEY) is not None and unlocked(touch=False) is None:
+        st.rerun(scope="app")

@@ -1,0 +1,175 @@
+"""Browser journeys a person takes, in Debian's Chromium against `streamlit run`.
+
+Screenshots of every page land in test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, expect
+
+from appliance.library.library import Library
+from tests.browser import AppServer, shot, wait_idle
+from tests.helpers import write_gguf
+
+PASSWORD = "correct horse battery staple"
+DEMO_ID = "smollm2-135m-instruct.q4_1"
+
+
+def set_up(page: Page, url: str) -> None:
+    page.goto(url)
+    page.get_by_label("Master password").fill(PASSWORD)
+    page.get_by_label("Confirm the password").fill(PASSWORD)
+    shot(page, "unlock-first-run")
+    page.get_by_role("button", name="Create vault", exact=True).click()
+    expect(page.get_by_role("link", name="Chat")).to_be_visible()
+
+
+def unlock(page: Page, url: str, password: str = PASSWORD) -> None:
+    page.goto(url)
+    page.get_by_label("Master password").fill(password)
+    page.get_by_role("button", name="Unlock", exact=True).click()
+
+
+def go(page: Page, name: str) -> None:
+    page.get_by_role("link", name=name).click()
+    wait_idle(page)
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill(text)
+    box.press("Enter")
+
+
+def with_demo(server_home: Path, demo_model: Path, max_tokens: int = 512) -> None:
+    """The demo model in the app's models/, answering deterministically."""
+    models = server_home / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / demo_model.name).hardlink_to(demo_model)
+    library = Library()
+    entry = library.register(models / demo_model.name)
+    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42, "max_tokens": max_tokens,
+                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
+
+
+def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page: Page) -> None:
+    with_demo(appliance_home, demo_model)
+    server = AppServer(appliance_home).start()
+    try:
+        set_up(page, server.url)
+        go(page, "Library")
+        expect(page.get_by_test_id("stDataFrame")).to_contain_text("SmolLM2-135M-Instruct")
+        shot(page, "library")
+        page.get_by_role("button", name="Load", exact=True).click()
+        expect(page.get_by_text("is loaded (llama.cpp")).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stSidebar")).to_contain_text("llama.cpp")
+        go(page, "Chat")
+        send(page, "What is the capital of France?")
+        reply = page.get_by_test_id("stChatMessage").nth(1)
+        expect(reply).to_contain_text("Paris", timeout=60_000)
+        wait_idle(page)
+        shot(page, "chat")
+        page.reload()
+        unlock(page, server.url)
+        expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("Paris")
+    finally:
+        server.stop()
+
+
+def test_stop_keeps_the_partial_reply(appliance_home: Path, demo_model: Path, page: Page) -> None:
+    with_demo(appliance_home, demo_model, max_tokens=8000)
+    server = AppServer(appliance_home).start()
+    try:
+        set_up(page, server.url)
+        send(page, "Write a very long story about a dragon, at least 2000 words.")
+        reply = page.get_by_test_id("stChatMessage").nth(1)
+        expect(reply).to_contain_text(" ", timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.get_by_test_id("stChatInputStopButton").click()
+        page.wait_for_timeout(500)
+        go(page, "Chat")  # the next run shows the stored, partial reply
+        expect(page.get_by_text("Stopped: the reply was cut short.")).to_be_visible(timeout=15_000)
+        shot(page, "chat-stopped")
+    finally:
+        server.stop()
+
+
+def test_wrong_passwords_lead_to_the_delay(appliance_home: Path, page: Page) -> None:
+    server = AppServer(appliance_home).start()
+    try:
+        set_up(page, server.url)
+        page.get_by_role("link", name="Settings").click()
+        page.get_by_role("button", name="Lock now", exact=True).click()
+        for _ in range(5):
+            unlock(page, server.url, "not the password")
+            wait_idle(page)
+        page.goto(server.url)
+        expect(page.get_by_text("Too many wrong passwords. Try again in")).to_be_visible()
+        expect(page.get_by_role("button", name="Unlock", exact=True)).to_be_disabled()
+        shot(page, "unlock-throttled")
+    finally:
+        server.stop()
+
+
+def test_import_then_chat(
+    appliance_home: Path, demo_model: Path, page: Page, tmp_path: Path
+) -> None:
+    server = AppServer(appliance_home).start()
+    outside = tmp_path / "elsewhere" / "demo-copy.gguf"
+    outside.parent.mkdir()
+    outside.hardlink_to(demo_model)
+    try:
+        set_up(page, server.url)
+        go(page, "Import")
+        page.get_by_role("textbox", name="Path").fill(str(outside))
+        page.get_by_role("textbox", name="Path").press("Enter")
+        expect(page.get_by_text("gguf, llama (metadata)")).to_be_visible()
+        page.get_by_role("button", name="Import", exact=True).click()
+        expect(page.get_by_text("Added **demo-copy**".replace("**", ""))).to_be_visible(
+            timeout=60_000
+        )
+        shot(page, "import")
+        go(page, "Library")
+        expect(page.get_by_test_id("stDataFrame")).to_contain_text("demo-copy")
+        go(page, "Chat")
+        send(page, "Say hello.")
+        expect(page.get_by_test_id("stChatMessage").nth(1)).not_to_be_empty(timeout=60_000)
+    finally:
+        server.stop()
+
+
+def test_drop_in_while_running(appliance_home: Path, page: Page, tmp_path: Path) -> None:
+    server = AppServer(appliance_home).start()
+    try:
+        set_up(page, server.url)
+        go(page, "Library")
+        staged = write_gguf(tmp_path / "dropped.gguf", "qwen2", name="Dropped")
+        shutil.copy(staged, appliance_home / "models" / "dropped.gguf")
+        expect(page.get_by_test_id("stDataFrame")).to_contain_text("dropped", timeout=15_000)
+    finally:
+        server.stop()
+
+
+def test_two_sessions_queue(appliance_home: Path, demo_model: Path, browser: Browser) -> None:
+    with_demo(appliance_home, demo_model, max_tokens=8000)
+    server = AppServer(appliance_home).start()
+    first = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    try:
+        set_up(first, server.url)
+        unlock(second, server.url)
+        expect(second.get_by_role("link", name="Chat")).to_be_visible()
+        send(first, "Write a very long story about a dragon, at least 2000 words.")
+        expect(first.get_by_test_id("stChatMessage").nth(1)).to_contain_text(" ", timeout=60_000)
+        send(second, "Hello?")
+        expect(second.get_by_text("You are number 1 in the queue")).to_be_visible(timeout=15_000)
+        shot(second, "chat-queued")
+        threading.Event().wait(0.5)
+    finally:
+        first.context.close()
+        second.context.close()
+        server.stop()
