@@ -32,7 +32,29 @@ def test_chat_errors_are_one_line(demo_model: Path) -> None:
     proc = run("chat", "smollm2-135m-instruct.q4_1", "hi", "--temperature", "5", check_rc=1)
     assert proc.stderr.startswith("error: Invalid setting: settings.temperature must be between")
     proc = run("chat", "smollm2-135m-instruct.q4_1", "hi", "--save", check_rc=1)
-    assert proc.stderr.startswith("error: --save needs the vault")
+    assert proc.stderr.startswith("error: ")  # no vault yet: it says how to create one
+    assert "appliance vault init" in proc.stderr
+
+
+def test_chat_save_continues_the_conversation(demo_model: Path) -> None:
+    password = "correct horse battery staple\n"
+    run("vault", "init", stdin=password + password)
+    run("models", "add", str(demo_model), "--in-place")
+    args = ("--system", "You are a helpful assistant.", "--temperature", "0")
+    first = run("chat", "smollm2-135m-instruct.q4_1", "What is the capital of France?", *args,
+                "--save", stdin=password)  # fmt: skip
+    assert first.stdout == "The capital of France is Paris.\n"
+    assert first.stderr.startswith("saved to conversation ")
+    run("chat", "smollm2-135m-instruct.q4_1", "And of Italy?", *args, "--save", stdin=password)
+    listing = run("history", "list", "smollm2-135m-instruct.q4_1", stdin=password).stdout
+    (line,) = listing.splitlines()
+    assert "    4 msgs  What is the capital of France?" in line
+    exported = json.loads(run("history", "export", "smollm2-135m-instruct.q4_1", "--format",
+                              "json", stdin=password).stdout)  # fmt: skip
+    contents = [m["content"] for m in exported["messages"]]
+    assert contents[:3] == ["What is the capital of France?", "The capital of France is Paris.",
+                            "And of Italy?"]  # fmt: skip
+    assert len(contents) == 4
 
 
 def test_bench_json(demo_model: Path) -> None:

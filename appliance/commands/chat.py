@@ -9,11 +9,6 @@ import sys
 from appliance import sampling
 from appliance.errors import ApplianceError
 
-VAULT_MISSING = (
-    "--save needs the vault (encrypted chat history), which this command is not connected "
-    "to yet. Run the command without --save."
-)
-
 
 def register(groups: argparse._SubParsersAction) -> None:
     """Add the `chat` command to the top-level parser."""
@@ -34,7 +29,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="for a remote (openai) model: the environment variable holding its API key",
     )
     p.add_argument(
-        "--save", action="store_true", help="append the exchange to the model's conversation"
+        "--save",
+        action="store_true",
+        help="continue the model's latest conversation and append the exchange to it "
+        "(asks for the master password)",
     )
     p.set_defaults(func=cmd_chat)
 
@@ -43,10 +41,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from appliance.engine import Host
     from appliance.library.library import Library
 
-    if args.save:
-        raise ApplianceError(VAULT_MISSING)
     library = Library()
     library.get(args.model)
+    history, conv_id, earlier = _open_conversation(args) if args.save else (None, None, [])
     settings = {
         s.name: getattr(args, s.name)
         for s in sampling.SETTINGS
@@ -58,7 +55,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     gen = None
     try:
         host.load(args.model, api_key=api_key, options=options or None)
-        messages = [{"role": "user", "content": args.prompt}]
+        messages = [*earlier, {"role": "user", "content": args.prompt}]
         gen = host.chat(
             args.model, messages, system_prompt=args.system, settings=settings, api_key=api_key
         )
@@ -74,6 +71,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     finally:
         host.shutdown()
     result = gen.result
+    if history is not None and result is not None:
+        _save(history, args.model, conv_id, args.prompt, result)
     if result is not None and result.dropped_turns:
         print(
             f"note: {result.dropped_turns} older messages did not fit the context and were "
@@ -81,6 +80,36 @@ def cmd_chat(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _open_conversation(args: argparse.Namespace):
+    """Unlock first (the prompt comes before any generation) and find the conversation."""
+    from appliance.commands.passwords import unlock_vault
+
+    _vault, unlocked = unlock_vault()
+    history = unlocked.history
+    latest = history.latest(args.model)
+    if latest is None:
+        return history, None, []
+    earlier = history.messages(args.model, latest.id).messages
+    chat = [
+        {"role": m.role, "content": m.content} for m in earlier if m.role in ("user", "assistant")
+    ]
+    return history, latest.id, chat
+
+
+def _save(history, model_id: str, conv_id: str | None, prompt: str, result) -> None:
+    if conv_id is None:
+        title = " ".join(prompt.split())[:60]
+        conv_id = history.create(model_id, title=title).id
+    history.append(model_id, conv_id, "user", prompt)
+    meta = {"stopped": result.stopped, "error": result.error, "finish": result.finish,
+            "dropped_turns": result.dropped_turns, "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "context_length": result.context_length}  # fmt: skip
+    meta = {k: v for k, v in meta.items() if v not in (None, False)}
+    history.append(model_id, conv_id, "assistant", result.text, meta)
+    print(f"saved to conversation {conv_id}", file=sys.stderr)
 
 
 def _api_key(variable: str | None) -> str | None:
