@@ -1,0 +1,60 @@
+"""Offline for real: the app, traced with strace, runs a full browser journey inside a
+network namespace that has only loopback, and connects to nothing but loopback."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from appliance.library.library import Library
+from appliance.paths import APP_ROOT
+
+SCRIPT = textwrap.dedent(
+    """
+    set -eu
+    ip link set lo up
+    strace -f -qq --seccomp-bpf -e trace=connect,bind,sendto,sendmsg -o "$TRACE" \\
+        "$PY" -m streamlit run "$APP" --server.port 8766 --server.address 127.0.0.1 \\
+        > "$LOG" 2>&1 &
+    pid=$!
+    for i in $(seq 1 240); do
+        if "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8766/_stcore/health', timeout=1)" 2>/dev/null; then
+            break
+        fi
+        sleep 0.25
+    done
+    "$PY" tests/offline_journey.py http://127.0.0.1:8766
+    kill -TERM $(pgrep -P $pid) 2>/dev/null || true
+    wait $pid || true
+    """
+)
+INET = re.compile(r"sa_family=AF_INET6?, ")
+LOOPBACK = re.compile(r'inet_addr\("127\.|inet_pton\(AF_INET6, "::1"')
+
+
+def test_full_journey_connects_only_to_loopback(
+    appliance_home: Path, demo_model: Path, tmp_path: Path
+) -> None:
+    (appliance_home / "models" / demo_model.name).hardlink_to(demo_model)
+    library = Library()
+    entry = library.register(appliance_home / "models" / demo_model.name)
+    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42,
+                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
+    trace, log = tmp_path / "connect.trace", tmp_path / "streamlit.log"
+    env = {"PY": sys.executable, "APP": str(APP_ROOT / "streamlit_app.py"), "LOG": str(log),
+           "TRACE": str(trace), "PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(tmp_path),
+           "APPLIANCE_HOME": str(appliance_home), "PYTHONPATH": str(APP_ROOT)}  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "--net", "--map-root-user", "bash", "-c", SCRIPT],
+        capture_output=True, text=True, timeout=600, env=env, cwd=APP_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log.read_text()
+    assert "journey done" in proc.stdout
+    calls = [line for line in trace.read_text().splitlines() if INET.search(line)]
+    # The trace works: it saw the server bind its loopback port.
+    assert any("bind(" in c and "htons(8766)" in c for c in calls), trace.read_text()[:2000]
+    outside = [line for line in calls if not LOOPBACK.search(line)]
+    assert outside == [], "network calls beyond loopback:\n" + "\n".join(outside)
