@@ -63,9 +63,9 @@ def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page
         set_up(page, server.url)
         go(page, "Library")
         expect(page.get_by_test_id("stDataFrame")).to_contain_text("SmolLM2-135M-Instruct")
-        shot(page, "library")
         page.get_by_role("button", name="Load", exact=True).click()
         expect(page.get_by_text("is loaded (llama.cpp")).to_be_visible(timeout=60_000)
+        shot(page, "library")
         expect(page.get_by_test_id("stSidebar")).to_contain_text("llama.cpp")
         go(page, "Chat")
         send(page, "What is the capital of France?")
@@ -161,6 +161,9 @@ def test_two_sessions_queue(appliance_home: Path, demo_model: Path, browser: Bro
     second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     try:
         set_up(first, server.url)
+        second.goto(server.url)  # unlocking one browser session does not unlock another
+        expect(second.get_by_role("heading", name="Unlock")).to_be_visible()
+        expect(second.get_by_role("link", name="Chat")).to_have_count(0)
         unlock(second, server.url)
         expect(second.get_by_role("link", name="Chat")).to_be_visible()
         send(first, "Write a very long story about a dragon, at least 2000 words.")

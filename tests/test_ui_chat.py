@@ -146,3 +146,26 @@ def test_settings_page_saves_and_changes_password(run_page, unlocked) -> None:
     inputs[2].input("a brand new passphrase")
     next(b for b in app.button if b.label == "Change password").click().run()
     assert "wrong" in app.error[0].value.lower()
+
+
+def test_missing_model_is_explained(run_page, demo: dict, appliance_home: Path) -> None:
+    (appliance_home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
+    Library().scan()
+    app = run_page("library")
+    assert not app.exception
+    assert app.warning[0].value == (
+        "The files of this model are missing. Put them back or remove the entry."
+    )
+    assert not [b for b in app.button if b.label == "Load"]
+    chat = run_page("chat")
+    assert chat.info[0].value.startswith("No model is available.")
+
+
+def test_model_output_is_markdown_without_html(run_page, demo: dict, unlocked) -> None:
+    conv = unlocked.history.create(demo["id"], title="html")
+    unlocked.history.append(demo["id"], conv.id, "user", "hi")
+    unlocked.history.append(demo["id"], conv.id, "assistant", "**bold** <script>alert(1)</script>")
+    app = run_page("chat")
+    body = app.chat_message[1].markdown[0]
+    assert body.value == "**bold** <script>alert(1)</script>"
+    assert body.proto.allow_html is False

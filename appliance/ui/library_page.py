@@ -28,18 +28,18 @@ def rows(
     return [
         {
             "Name": e["name"],
-            "ID": e["id"],
-            "Format": e["format"],
             "Backend": e["backend"],
             "Architecture": e["architecture"],
             "Parameters": fmt.params(e["metadata"].get("parameters")),
             "Quantisation": e["metadata"].get("quantization") or "—",
             "Context": e["metadata"].get("context_length") or None,
             "Size": fmt.size(e["size_bytes"]),
-            "sha256": e["sha256"][:16] + "…" if e["sha256"] else "hashing…",
+            "Memory": hardware.fit(e, hw),
             "Status": e["status"],
             "Conversations": conversations.get(e["id"], 0),
-            "Memory": hardware.fit(e, hw),
+            "Format": e["format"],
+            "sha256": e["sha256"][:16] + "…" if e["sha256"] else "hashing…",
+            "ID": e["id"],
         }
         for e in entries
     ]
