@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -44,15 +45,18 @@ REPLY_SHOWN_JS = """n => {
 }"""
 
 
+T = TypeVar("T")
+
+
 class StepFailed(Exception):
     """A step of the journey did not happen; the message says which."""
 
 
-def step(name: str, action: Callable[[], object]) -> None:
-    """Run one step; any Playwright failure becomes a StepFailed naming the step."""
+def step(name: str, action: Callable[[], T]) -> T:
+    """Run one step and return its result; a Playwright failure becomes a StepFailed."""
     print(f"  browser: {name}", flush=True)
     try:
-        action()
+        return action()
     except (PlaywrightError, AssertionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StepFailed(f"{name}: {first}") from exc
@@ -93,8 +97,12 @@ def set_up(page: Page, url: str) -> None:
     step(f"open {url}", lambda: page.goto(url))
     step('first-run page titled "Welcome"',
          lambda: expect(page.get_by_role("heading", name="Welcome")).to_be_visible())  # fmt: skip
-    page.get_by_label("Master password").fill(PASSWORD)
-    page.get_by_label("Confirm the password").fill(PASSWORD)
+
+    def type_twice() -> None:
+        page.get_by_label("Master password").fill(PASSWORD)
+        page.get_by_label("Confirm the password").fill(PASSWORD)
+
+    step("type the password twice", type_twice)
     step("create the vault", lambda: page.get_by_role("button", name="Create vault").click())
     step("unlocked after set-up (the Chat link shows)",
          lambda: expect(page.get_by_role("link", name="Chat")).to_be_visible())  # fmt: skip
@@ -104,7 +112,7 @@ def unlock(page: Page, url: str) -> None:
     step(f"open {url}", lambda: page.goto(url))
     step('unlock page titled "Unlock"',
          lambda: expect(page.get_by_role("heading", name="Unlock")).to_be_visible())  # fmt: skip
-    page.get_by_label("Master password").fill(PASSWORD)
+    step("type the password", lambda: page.get_by_label("Master password").fill(PASSWORD))
     step("unlock", lambda: page.get_by_role("button", name="Unlock", exact=True).click())
     step("unlocked (the Chat link shows)",
          lambda: expect(page.get_by_role("link", name="Chat")).to_be_visible())  # fmt: skip
@@ -155,7 +163,7 @@ def chat(page: Page) -> tuple[str, bool]:
     step("the run is over", lambda: wait_idle(page))
     question = page.get_by_test_id("stChatMessage").nth(0)
     step("the question is the first message", lambda: expect(question).to_contain_text(QUESTION))
-    text = content(page, 1)
+    text = step("read the stored reply", lambda: content(page, 1))
     if len(text) < MIN_REPLY_CHARS:
         raise StepFailed(f"the stored reply is empty or too short: {text!r}")
     return text, streaming
@@ -172,7 +180,7 @@ def history(page: Page, expected_reply: str) -> None:
     step("the earlier question is shown",
          lambda: expect(messages.nth(0)).to_contain_text(QUESTION))  # fmt: skip
     step("the earlier reply is shown", lambda: expect(messages.nth(1)).to_be_visible())
-    text = content(page, 1)
+    text = step("read the resumed reply", lambda: content(page, 1))
     if text != expected_reply:
         raise StepFailed(f"the resumed reply differs: {text!r}, before: {expected_reply!r}")
 
