@@ -39,9 +39,10 @@ browser-deps:
 	@test -x /usr/bin/chromium -a -x /usr/bin/strace || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver strace; }
 
-# The container appliance end to end (root; installs podman & co with apt-get).
-container-smoke:
-	PYTHON=$(PYTHON) scripts/container-smoke
+# The container appliance end to end (root; installs podman & co with apt-get); its
+# browser journey runs Playwright from .venv.
+container-smoke: install
+	PYTHON=$(PYTHON) BROWSER_PYTHON=$(PY) scripts/container-smoke
 
 lint: install
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
