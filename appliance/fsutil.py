@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 TEMP_MARK = ".tmp-"
@@ -67,11 +68,17 @@ def sweep_stale_temps(folder: Path, older_than_s: float = 60.0) -> list[Path]:
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
-        if not (path.name.startswith(".") and TEMP_MARK in path.name) or not path.is_file():
+        if not (path.name.startswith(".") and TEMP_MARK in path.name):
+            continue
+        try:
+            stat = path.lstat()
+        except FileNotFoundError:
+            continue  # another writer finished (renamed it) meanwhile
+        if not S_ISREG(stat.st_mode):
             continue
         pid_part = path.name.rsplit(TEMP_MARK, 1)[1].split("-", 1)[0]
         alive = pid_part.isdigit() and _pid_alive(int(pid_part))
-        age = time.time() - path.stat().st_mtime
+        age = time.time() - stat.st_mtime
         if not alive or age > older_than_s:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

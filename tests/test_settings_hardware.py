@@ -24,9 +24,9 @@ def test_out_of_bounds_is_refused_and_file_kept(appliance_home: Path) -> None:
     settings.save({"keep_alive_minutes": 0})
     before = (appliance_home / "config" / "app.json").read_bytes()
     with pytest.raises(
-        settings.SettingsFileError, match="settings.auto_lock_minutes must be between 1 and 1440"
+        settings.SettingsFileError, match="settings.n_threads must be between 0 and 256"
     ):
-        settings.save({"auto_lock_minutes": 0})
+        settings.save({"n_threads": 1000})
     assert (appliance_home / "config" / "app.json").read_bytes() == before
 
 

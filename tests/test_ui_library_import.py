@@ -48,7 +48,7 @@ def test_rename_and_defaults(run_page, appliance_home: Path) -> None:
     app = run_page("library")
     assert not app.exception
     app.text_input[0].set_value("Tiny renamed")
-    app.button[0].click().run()
+    next(b for b in app.button if b.label == "Rename").click().run()
     assert Library().get("tiny")["name"] == "Tiny renamed"
     slider = next(s for s in app.slider if s.label == "Temperature")
     slider.set_value(0.0)

@@ -195,9 +195,10 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
     with st.chat_message("assistant"):
         waiting = st.empty()
         while (position := generation.position()) > 0:
-            waiting.info(f"Another session is using the model. You are number {position} "
-                         "in the queue.")  # fmt: skip
-            time.sleep(0.3)
+            if svc.host.status().phase == "generating":  # someone else's reply is running
+                waiting.info(f"Another session is using the model. You are number {position} "
+                             "in the queue.")  # fmt: skip
+            time.sleep(0.2)
         waiting.empty()
         try:
             st.write_stream(stream_and_save(generation, save))
