@@ -32,7 +32,7 @@ def load_buttons(entry: dict[str, Any]) -> None:
         st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
                    f"context {status.context_length}).")  # fmt: skip
     label = "Reload" if resident else ("Switch to this model" if status.model_id else "Load")
-    cols = st.columns(2)
+    cols = st.columns([1, 1, 5])
     key = entry["id"]
     clicked = cols[0].button(label, type="primary", icon=":material/play_arrow:", key=f"load-{key}")
     if clicked and load(entry):

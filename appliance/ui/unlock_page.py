@@ -9,18 +9,18 @@ from appliance.ui import session
 from appliance.ui.services import services
 from appliance.vault import Throttled, WrongPassword, password_strength
 
-STRENGTH = ("very weak", "weak", "fair", "strong", "very strong")
-
 
 def render() -> None:
     vault = services().vault
-    reason = st.session_state.get("lock_reason")
-    if reason:
-        st.info(reason)
-    if vault.initialized:
-        _unlock(vault)
-    else:
-        _set_up(vault)
+    _, middle, _ = st.columns([1, 2, 1])
+    with middle:
+        reason = st.session_state.get("lock_reason")
+        if reason:
+            st.info(reason)
+        if vault.initialized:
+            _unlock(vault)
+        else:
+            _set_up(vault)
 
 
 def _set_up(vault) -> None:
@@ -30,7 +30,7 @@ def _set_up(vault) -> None:
     password = st.text_input("Master password", type="password", key="setup-pw")
     if password:
         score, hint = password_strength(password)
-        st.progress((score + 1) / 5, text=f"Strength: {STRENGTH[score]}. {hint}")
+        st.progress((score + 1) / 5, text=hint)
     confirm = st.text_input("Confirm the password", type="password", key="setup-confirm")
     if st.button("Create vault", type="primary", key="setup-go"):
         if password != confirm:
