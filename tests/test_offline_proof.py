@@ -3,7 +3,10 @@ network namespace that has only loopback, and connects to nothing but loopback."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -47,12 +50,17 @@ def test_full_journey_connects_only_to_loopback(
     env = {"PY": sys.executable, "APP": str(APP_ROOT / "streamlit_app.py"), "LOG": str(log),
            "TRACE": str(trace), "PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(tmp_path),
            "APPLIANCE_HOME": str(appliance_home), "PYTHONPATH": str(APP_ROOT)}  # fmt: skip
-    proc = subprocess.run(
-        ["unshare", "--net", "--map-root-user", "bash", "-c", SCRIPT],
-        capture_output=True, text=True, timeout=600, env=env, cwd=APP_ROOT,
+    proc = subprocess.Popen(
+        ["unshare", "--net", "--map-root-user", "bash", "-c", SCRIPT], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=APP_ROOT, start_new_session=True,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr + log.read_text()
-    assert "journey done" in proc.stdout
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:  # a hung journey must not leave the app running in the namespace
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out + err + log.read_text()
+    assert "journey done" in out
     calls = [line for line in trace.read_text().splitlines() if INET.search(line)]
     # The trace works: it saw the server bind its loopback port.
     assert any("bind(" in c and "htons(8766)" in c for c in calls), trace.read_text()[:2000]
