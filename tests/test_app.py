@@ -1,11 +1,9 @@
-"""The Streamlit app through its router (AppTest), and a real server started in a
-network namespace that has only loopback, which proves it runs with no network at all."""
+"""The Streamlit app through its router (AppTest): set-up, unlock, throttle, bad files.
+
+The real server in a loopback-only namespace is tested in test_offline_proof.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,40 +83,3 @@ def test_corrupted_settings_file_is_explained(app: AppTest, appliance_home: Path
     _unlock(app, PASSWORD)
     assert "settings" in app.error[0].value.lower()
     assert "Traceback" not in app.error[0].value
-
-
-OFFLINE = textwrap.dedent(
-    """
-    set -eu
-    ip link set lo up
-    "$PY" -m streamlit run "$APP" --server.port 8765 --server.address 127.0.0.1 \\
-        > "$LOG" 2>&1 &
-    pid=$!
-    for i in $(seq 1 120); do
-        if "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8765/_stcore/health', timeout=1)" 2>/dev/null; then
-            break
-        fi
-        sleep 0.25
-    done
-    "$PY" -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8765/', timeout=5).status)"
-    # Nothing but loopback exists here: any attempt to reach out fails at once.
-    "$PY" -c "import socket; socket.create_connection(('1.1.1.1', 443), timeout=2)" 2>/dev/null \\
-        && echo "network reachable" || echo "network unreachable"
-    sleep 2
-    kill $pid; wait $pid || true
-    """
-)
-
-
-def test_app_serves_in_a_loopback_only_namespace(appliance_home: Path, tmp_path: Path) -> None:
-    log = tmp_path / "streamlit.log"
-    env = {"PY": sys.executable, "APP": APP, "LOG": str(log), "PATH": "/usr/sbin:/usr/bin:/bin",
-           "APPLIANCE_HOME": str(appliance_home), "HOME": str(tmp_path)}  # fmt: skip
-    proc = subprocess.run(
-        ["unshare", "--net", "--map-root-user", "bash", "-c", OFFLINE],
-        capture_output=True, text=True, timeout=120, env=env, cwd=APP_ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + log.read_text()
-    assert proc.stdout.split() == ["200", "network", "unreachable"]
-    text = log.read_text()
-    assert "Traceback" not in text, text
