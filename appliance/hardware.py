@@ -8,6 +8,7 @@ computed from the layer and head counts read from the model's header.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +36,26 @@ class Hardware:
 
 def snapshot() -> Hardware:
     memory = psutil.virtual_memory()
-    logical = psutil.cpu_count(logical=True) or 1
     return Hardware(
         total_ram=memory.total,
         available_ram=memory.available,
-        physical_cores=psutil.cpu_count(logical=False) or logical,
-        logical_cores=logical,
+        physical_cores=physical_cores(),
+        logical_cores=psutil.cpu_count(logical=True) or 1,
         gpus=_nvidia_gpus(),
     )
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads do not speed up decoding)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    physical = psutil.cpu_count(logical=False) or usable or 1
+    logical = psutil.cpu_count(logical=True) or physical
+    # With an affinity mask, keep the same share of physical cores.
+    return max(1, min(physical, round((usable or logical) * physical / logical)))
+
+
+def available_memory() -> int:
+    return psutil.virtual_memory().available
 
 
 def _nvidia_gpus() -> list[Gpu]:
@@ -70,13 +83,13 @@ def _nvidia_gpus() -> list[Gpu]:
 
 
 def kv_cache_bytes(metadata: dict[str, Any], n_ctx: int) -> int:
-    """f16 K and V for every layer: 2 * layers * n_ctx * embedding * kv_heads/heads * 2."""
+    """f16 K and V for every layer: 2 * layers * n_ctx * head_dim * kv_heads * 2 bytes."""
     layers, embedding = metadata.get("layers"), metadata.get("embedding")
-    if not layers or not embedding:
+    heads = metadata.get("heads")
+    if not layers or not embedding or not heads:
         return 0
-    heads = metadata.get("heads") or 1
     kv_heads = metadata.get("kv_heads") or heads
-    return int(2 * layers * n_ctx * embedding * kv_heads / heads * 2)
+    return 2 * layers * n_ctx * (embedding // heads) * kv_heads * 2
 
 
 def memory_needed(entry: dict[str, Any], n_ctx: int | None = None) -> int:

@@ -1,19 +1,29 @@
 """Per-backend load options and their machine-dependent defaults.
 
+(The machine facts, cores and free memory, come from appliance.hardware.)
+
 - n_ctx: the model's own context length, capped so the KV cache fits memory
   (DEFAULT_CTX_CAP, and at most a quarter of the available memory).
-- n_threads: the number of physical cores this process may use.
+- n_threads: the physical cores this process may use (appliance.hardware).
 - n_gpu_layers: all layers (-1) when the backend's build can offload and a GPU is
   present, else 0.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from appliance.engine.errors import InvalidOptions
+from appliance.hardware import available_memory, physical_cores
+
+__all__ = [
+    "available_memory",
+    "check_options",
+    "default_n_ctx",
+    "gpu_present",
+    "physical_cores",
+]
 
 DEFAULT_CTX_CAP = 4096
 MIN_CTX = 64
@@ -42,25 +52,8 @@ def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return clean
 
 
-def physical_cores() -> int:
-    """Physical cores available to this process (hyper-threads do not speed up decoding)."""
-    import psutil
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    physical = psutil.cpu_count(logical=False) or usable or 1
-    logical = psutil.cpu_count(logical=True) or physical
-    # With an affinity mask, keep the same share of physical cores.
-    return max(1, min(physical, round((usable or logical) * physical / logical)))
-
-
 def gpu_present() -> bool:
     return any(Path(device).exists() for device in GPU_DEVICES)
-
-
-def available_memory() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def default_n_ctx(model_ctx: int | None, kv_bytes_per_token: int | None) -> int:

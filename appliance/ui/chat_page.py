@@ -14,7 +14,7 @@ from appliance.ui import session
 from appliance.ui.library_page import setting_inputs
 from appliance.ui.services import services
 
-ROLES = {"user": "user", "assistant": "assistant"}
+ROLES = ("user", "assistant")
 
 
 def render() -> None:
@@ -52,7 +52,7 @@ def render() -> None:
     prompt = st.chat_input(f"Message {entry['name']}", submit_mode="stop", key="chat-input")
     can_regenerate = bool(log and log.messages and log.messages[-1].role == "assistant")
     if can_regenerate and st.button("Regenerate the last reply", icon=":material/refresh:"):
-        messages = [m for m in log.messages[:-1]]
+        messages = log.messages[:-1]
         _reply(unlocked, entry, conv_id, _as_chat(messages), options, replace=True)
         st.rerun()
     if prompt:
@@ -137,7 +137,7 @@ def _chat_settings(entry: dict[str, Any]) -> dict[str, Any]:
 
 def show_message(role: str, content: str, meta: dict[str, Any]) -> None:
     """One message; model output is Markdown with HTML disabled."""
-    with st.chat_message(ROLES.get(role, "assistant")):
+    with st.chat_message(role if role in ROLES else "assistant"):
         st.markdown(content)
         if meta.get("stopped"):
             st.caption("Stopped: the reply was cut short.")

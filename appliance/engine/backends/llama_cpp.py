@@ -58,24 +58,17 @@ class LlamaLog:
 
 def gguf_geometry(path: Path) -> tuple[int | None, int | None]:
     """(trained context length, KV-cache bytes per token at f16) from the GGUF header."""
-    from appliance.library.gguf_header import read_gguf_header
+    from appliance.errors import ModelFileError
+    from appliance.hardware import kv_cache_bytes
+    from appliance.library.inspect import inspect_model
 
     try:
-        meta = read_gguf_header(path).metadata
-    except Exception:
-        return None, None
-    arch = meta.get("general.architecture")
-
-    def num(key: str) -> int | None:
-        value = meta.get(f"{arch}.{key}")
-        return value if isinstance(value, int) and value > 0 else None
-
-    ctx, layers, embd = num("context_length"), num("block_count"), num("embedding_length")
-    heads = num("attention.head_count")
-    kv_heads = num("attention.head_count_kv") or heads
-    if not (layers and embd and heads and kv_heads):
-        return ctx, None
-    return ctx, 2 * layers * (embd // heads) * kv_heads * 2
+        info = inspect_model(path)
+    except (ModelFileError, OSError):
+        return None, None  # llama.cpp itself then says what is wrong with the file
+    geometry = {"layers": info.layers, "embedding": info.embedding, "heads": info.heads,
+                "kv_heads": info.kv_heads}  # fmt: skip
+    return info.context_length, kv_cache_bytes(geometry, 1) or None
 
 
 class LlamaCppBackend(Backend):
