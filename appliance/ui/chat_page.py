@@ -177,7 +177,7 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
     try:
         generation = svc.host.chat(
             entry["id"], messages, system_prompt=options["system_prompt"] or None,
-            settings=settings, session_id=session.session_id(), api_key=api_key,
+            settings=settings, api_key=api_key,
         )  # fmt: skip
     except EngineBusy as exc:
         st.session_state["chat-flash"] = ("warning", str(exc))

@@ -42,12 +42,6 @@ def lock(reason: str = "Locked.") -> None:
     st.session_state["lock_reason"] = reason
 
 
-def session_id() -> str:
-    """A stable id for this browser session (for the engine's queue)."""
-    ctx = st.runtime.scriptrunner.get_script_run_ctx()
-    return ctx.session_id if ctx else "default"
-
-
 @st.fragment(run_every=15)
 def idle_lock_watch() -> None:
     """Lock an idle session even while nobody clicks (this check is not activity)."""
