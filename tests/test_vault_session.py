@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,23 @@ def test_files_are_private(appliance_home: Path) -> None:
         if folder.is_dir():
             assert (folder.stat().st_mode & 0o077) == 0
     assert os.environ.get("APPLIANCE_HOME") == str(appliance_home)
+
+
+def test_vault_folders_are_private(tmp_path: Path) -> None:
+    """Issue 9.6: config/ and history/ were created 0755; they are 0700, and folders an
+    earlier release made 0755 are tightened when the vault opens."""
+    from appliance.paths import Paths
+
+    fresh = Paths(tmp_path / "fresh").ensure()
+    for folder in (fresh.history, fresh.config):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    old = Paths(tmp_path / "old")
+    for folder in (old.models, old.history, old.config):
+        folder.mkdir(parents=True)
+        folder.chmod(0o755)
+    unlocked = fast_vault(old).init(PASSWORD)
+    unlocked.history.create("m")
+    for folder in (old.history, old.config, *old.history.iterdir()):
+        if folder.is_dir():
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert stat.S_IMODE(old.models.stat().st_mode) == 0o755  # people copy weights in

@@ -84,3 +84,28 @@ def env_with_home(home: Path) -> dict[str, str]:
     env = os.environ.copy()
     env["APPLIANCE_HOME"] = str(home)
     return env
+
+
+def downgrade_to_v1(history, model_id: str, conv_id: str, *, header: bool = True) -> Path:
+    """Rewrite one conversation exactly as earlier releases stored it: a CRC-framed log
+    ("OLSWLOG1") and (unless `header` is False) a header without `log_format` or
+    `retired`. Returns the log path."""
+    from appliance.vault import history as history_mod
+    from appliance.vault import keys, records
+
+    ring = history._keys()
+    mtag, mdir = history._model(ring, model_id)
+    current = history._read_header(ring, mtag, mdir, model_id, conv_id)
+    path = history_mod._log_path(mdir, conv_id, current.log_id)
+    scan = records.Codec(2, current.log_id, ring["frames"]).scan(path.read_bytes())
+    assert scan.error is None and scan.torn == 0
+    old = records.Codec(1, current.log_id, b"")
+    path.write_bytes(old.log_header() + b"".join(old.encode(f.seq, f.body) for f in scan.frames))
+    if header:
+        doc = {"title": current.title, "created_at": current.created_at,
+               "log_id": current.log_id.hex()}  # fmt: skip
+        aad = history_mod._header_aad(mtag, conv_id)
+        (mdir / f"{conv_id}.conv").write_bytes(
+            keys.seal(ring["history"], json.dumps(doc).encode(), aad)
+        )
+    return path

@@ -13,7 +13,14 @@ associated data binds model, conversation, log and sequence number: reordered,
 dropped, duplicated or transplanted records fail with HistoryTampered, which names the
 conversation, while every other conversation stays readable. A torn last record (a
 crash mid-write) is skipped with a warning and cut off by the next append. "Regenerate"
-appends a superseding record; clear switches the header to a new, empty log.
+appends a superseding record; clear switches the header to a new, empty log and lists
+the old one as retired before deleting it.
+
+Reading never deletes or rewrites anything. A log that no header names (its `.conv`
+is missing, unreadable, or names another log, as after restoring part of a backup) is
+listed as a *recovered conversation*: its conversation and log ids are in its file
+name, which is all its records need to be decrypted. It can be read and exported,
+kept as a regular conversation (`adopt`), or deleted.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.fsutil import FileLock, atomic_write_bytes, fsync_dir, sweep_stale_temps
-from appliance.paths import Paths
+from appliance.paths import Paths, private_dir
 from appliance.vault import keys, records
 from appliance.vault.errors import HistoryError, HistoryTampered, UnknownConversation
 from appliance.vault.keys import AuthFailed, KeyRing
@@ -42,9 +49,13 @@ ROLES = ("system", "user", "assistant", "tool")
 MAX_CONTENT_BYTES = 16 * 1024 * 1024
 MAX_TITLE_CHARS = 500
 MAX_MODEL_ID_CHARS = 512
+RECOVERED_TITLE = "Recovered conversation"
 _CONV_RE = re.compile(r"^[0-9a-f]{16}$")
+_RECOVERED_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{32})$")
+_LOG_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{32})\.log$")
 _TAG_RE = re.compile(r"^[0-9a-f]{32}$")
 _DELETED_MARK = ".deleted-"
+_TOMBSTONE = ".deleting"
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,8 @@ class Message:
 
 @dataclass(frozen=True)
 class ConversationInfo:
-    """A conversation as listed. `problem` is set when it cannot be read."""
+    """A conversation as listed. `problem` is set when it cannot be read; `recovered`
+    marks a log found without its header (its id is "<conversation>-<log>")."""
 
     id: str
     title: str
@@ -68,6 +80,7 @@ class ConversationInfo:
     updated_at: float
     message_count: int
     problem: str | None = None
+    recovered: bool = False
 
 
 @dataclass
@@ -82,6 +95,8 @@ class _Header:
     title: str
     created_at: float
     log_id: bytes
+    log_format: int = records.CURRENT_VERSION
+    retired: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +107,7 @@ class _Tail:
     next_seq: int
     count: int
     last: Message | None
+    codec: records.Codec | None = None
 
 
 class HistoryStore:
@@ -103,8 +119,7 @@ class HistoryStore:
         keys_provider: Callable[[], KeyRing],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.root = paths.history
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(paths.history)
         self._keys = keys_provider
         self._clock = clock
         self._lock = FileLock(self.root / ".lock")
@@ -113,49 +128,74 @@ class HistoryStore:
 
     # ----------------------------------------------------------------- listing
     def model_ids(self) -> list[str]:
-        """Model ids that have at least one conversation, sorted."""
+        """Model ids that have at least one conversation (recovered ones included)."""
         ring = self._keys()
         found = []
         with self._lock.hold():
             for mdir in self._model_dirs():
                 model_id = self._read_model_id(ring, mdir)
-                if model_id is not None and any(mdir.glob("*.conv")):
+                if model_id is not None and _has_history(mdir):
                     found.append(model_id)
         return sorted(found)
 
+    def unreadable_models(self) -> list[str]:
+        """One message per model folder whose stored model id cannot be read: its
+        conversations are kept, but no model id lists them."""
+        ring = self._keys()
+        with self._lock.hold():
+            bad = [d for d in self._model_dirs() if self._read_model_id(ring, d) is None]
+            return [_unreadable_model(d) for d in bad if _has_history(d)]
+
     def count(self, model_id: str) -> int:
-        """How many conversations a model has (no decryption needed)."""
+        """How many conversations a model has (no decryption needed): its headers, and
+        the conversation ids whose only trace is a non-empty log."""
         _, mdir = self._model(self._keys(), model_id)
-        return sum(1 for p in mdir.glob("*.conv") if _CONV_RE.match(p.stem)) if mdir.is_dir() else 0
+        if not mdir.is_dir():
+            return 0
+        convs = {p.stem for p in self._conv_files(mdir)}
+        headless = {c for c, _ in _log_names(mdir) if c not in convs and _non_empty(mdir, c)}
+        return len(convs) + len(headless)
 
     def conversations(self, model_id: str) -> list[ConversationInfo]:
-        """A model's conversations, most recently updated first.
+        """A model's conversations, most recently updated first, then the recovered ones.
 
         O(1) per conversation: the header and the last record are authenticated; damage
         further inside a log shows as HistoryTampered when the conversation is opened.
+        Recovered logs (rare: after a partial restore) are read in full. Nothing is
+        written or deleted.
         """
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
             if not mdir.is_dir():
                 return []
-            current: dict[str, str] = {}
+            headers: dict[str, _Header | None] = {}
             infos = [
-                self._info(ring, mtag, mdir, model_id, p.stem, current)
+                self._info(ring, mtag, mdir, model_id, p.stem, headers)
                 for p in self._conv_files(mdir)
             ]
-            self._sweep_logs(mdir, current)
-        return sorted(infos, key=lambda i: (i.updated_at, i.created_at, i.id), reverse=True)
+            found = [
+                self._recovered_info(ring, mtag, mdir, model_id, conv_id, log_id)
+                for conv_id, log_id in self._orphan_logs(mdir, headers)
+            ]
+        order = lambda i: (i.updated_at, i.created_at, i.id)  # noqa: E731
+        recovered = [i for i in found if i is not None]
+        return sorted(infos, key=order, reverse=True) + sorted(recovered, key=order, reverse=True)
 
     def latest(self, model_id: str) -> ConversationInfo | None:
         """The conversation to resume: the most recently updated readable one."""
-        return next((c for c in self.conversations(model_id) if c.problem is None), None)
+        return next(
+            (c for c in self.conversations(model_id) if c.problem is None and not c.recovered),
+            None,
+        )
 
     def info(self, model_id: str, conv_id: str) -> ConversationInfo:
         """One conversation's listing entry."""
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
+            if _RECOVERED_RE.match(str(conv_id)):
+                return self._read_recovered(ring, mtag, mdir, model_id, conv_id).info
             header = self._read_header(ring, mtag, mdir, model_id, conv_id)
             tail = self._tail_readonly(ring, mtag, mdir, model_id, conv_id, header)
             return self._make_info(conv_id, header, tail)
@@ -166,9 +206,13 @@ class HistoryStore:
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
+            if _RECOVERED_RE.match(str(conv_id)):
+                return self._read_recovered(ring, mtag, mdir, model_id, conv_id)
             header = self._read_header(ring, mtag, mdir, model_id, conv_id)
             data = self._read_log(mdir, model_id, conv_id, header)
-            msgs, tail, warnings = self._decode_log(ring, mtag, model_id, conv_id, header, data)
+            msgs, tail, warnings = self._decode_log(
+                ring, mtag, model_id, conv_id, header.log_id, data, header.log_format
+            )
         return ConversationLog(self._make_info(conv_id, header, tail), msgs, warnings)
 
     # ----------------------------------------------------------------- writing
@@ -180,7 +224,7 @@ class HistoryStore:
             mtag, mdir = self._ensure_model(ring, model_id)
             conv_id = secrets.token_hex(8)
             header = _Header(title, self._clock(), secrets.token_bytes(records.LOG_ID_BYTES))
-            self._write_log(mdir, conv_id, header.log_id, b"")
+            self._write_log(ring, mdir, conv_id, header, b"")
             self._write_header(ring, mtag, mdir, conv_id, header)
         return ConversationInfo(conv_id, title, header.created_at, header.created_at, 0)
 
@@ -210,44 +254,73 @@ class HistoryStore:
         return self.info(model_id, conv_id)
 
     def clear(self, model_id: str, conv_id: str) -> ConversationInfo:
-        """Remove every message but keep the conversation (a new, empty log)."""
+        """Remove every message but keep the conversation (a new, empty log). The old
+        log is listed as retired in the header before it is deleted, so a crash in
+        between never brings the cleared messages back as a recovered conversation."""
         ring = self._keys()
         with self._lock.hold():
             mtag, mdir = self._model(ring, model_id)
             header = self._read_header(ring, mtag, mdir, model_id, conv_id)
-            old_log = header.log_id
+            header.retired.append(header.log_id)
             header.log_id = secrets.token_bytes(records.LOG_ID_BYTES)
-            self._write_log(mdir, conv_id, header.log_id, b"")
+            header.log_format = records.CURRENT_VERSION
+            self._write_log(ring, mdir, conv_id, header, b"")
             self._write_header(ring, mtag, mdir, conv_id, header)
-            with contextlib.suppress(FileNotFoundError):
-                _log_path(mdir, conv_id, old_log).unlink()
+            _unlink_logs(mdir, conv_id, header.retired)
         return self.info(model_id, conv_id)
 
     def delete(self, model_id: str, conv_id: str) -> None:
-        """Delete one conversation for good."""
+        """Delete one conversation for good (or one recovered log)."""
         ring = self._keys()
         with self._lock.hold():
-            _, mdir = self._model(ring, model_id)
-            header_path = mdir / f"{conv_id}.conv"
-            if not _CONV_RE.match(str(conv_id)) or not header_path.is_file():
-                raise UnknownConversation(f"Model {model_id!r} has no conversation {conv_id!r}.")
-            header_path.unlink()
-            fsync_dir(mdir)
-            for log in mdir.glob(f"{conv_id}-*.log"):
-                log.unlink()
-            if not any(mdir.glob("*.conv")):
+            mtag, mdir = self._model(ring, model_id)
+            if _RECOVERED_RE.match(str(conv_id)):
+                self._recovered_path(mdir, model_id, conv_id).unlink()
+                fsync_dir(mdir)
+            else:
+                self._delete_conversation(ring, mtag, mdir, model_id, conv_id)
+            if not _has_history(mdir):
                 self._remove_model_dir(mdir)
 
     def delete_model(self, model_id: str) -> int:
-        """Delete all history of a model; returns how many conversations were deleted."""
+        """Delete all history of a model, recovered logs included; returns how many
+        conversations were deleted."""
         ring = self._keys()
         with self._lock.hold():
             _, mdir = self._model(ring, model_id)
             if not mdir.is_dir():
                 return 0
-            count = len(list(self._conv_files(mdir)))
+            count = self.count(model_id)
             self._remove_model_dir(mdir)
         return count
+
+    def adopt(self, model_id: str, conv_id: str) -> ConversationInfo:
+        """Keep a recovered conversation as a regular one, on the user's request; a
+        regular id is returned as it is. A log without any header gets a new header
+        (title "Recovered conversation"), nothing copied. A log beside another header
+        (or a damaged one) is copied into a new conversation, then its file is removed:
+        its messages now live in the copy."""
+        if not _RECOVERED_RE.match(str(conv_id)):
+            return self.info(model_id, conv_id)
+        ring = self._keys()
+        with self._lock.hold():
+            mtag, mdir = self._model(ring, model_id)
+            log = self._read_recovered(ring, mtag, mdir, model_id, conv_id)
+            base, log_hex = _RECOVERED_RE.match(conv_id).groups()
+            if not (mdir / f"{base}.conv").exists() and not (mdir / f"{base}{_TOMBSTONE}").exists():
+                path = self._recovered_path(mdir, model_id, conv_id)
+                version = records.log_version(path.read_bytes()[: records.LOG_HEADER_BYTES])
+                created = log.messages[0].created_at if log.messages else self._clock()
+                header = _Header(RECOVERED_TITLE, created, bytes.fromhex(log_hex), version or 1)
+                self._write_header(ring, mtag, mdir, base, header)
+                return self.info(model_id, base)
+            copied = self.import_messages(
+                model_id, [(m.role, m.content, m.created_at, m.meta) for m in log.messages],
+                title=RECOVERED_TITLE, created_at=log.info.created_at,
+            )  # fmt: skip
+            self._recovered_path(mdir, model_id, conv_id).unlink()
+            fsync_dir(mdir)
+        return copied
 
     # ----------------------------------------------------------------- transfer
     def export(self, model_id: str, conv_id: str, fmt: str = "md") -> str:
@@ -277,7 +350,8 @@ class HistoryStore:
         created_at: float | None = None,
         conv_id: str | None = None,
     ) -> ConversationInfo:
-        """Write a whole conversation at once; an existing `conv_id` is replaced."""
+        """Write a whole conversation at once; an existing `conv_id` is replaced (its
+        previous log is retired, then deleted)."""
         ring = self._keys()
         title = _check_title(title)
         now = self._clock()
@@ -286,17 +360,17 @@ class HistoryStore:
         with self._lock.hold():
             mtag, mdir = self._ensure_model(ring, model_id)
             conv_id = conv_id or secrets.token_hex(8)
+            codec = self._codec(ring, records.CURRENT_VERSION, header.log_id)
             body = bytearray()
             for seq, (role, content, at, meta) in enumerate(msgs):
                 if role not in ROLES:
                     raise HistoryError(f"Message {seq} has unknown role {role!r}.")
                 payload = _payload("m", role, content, meta, now if at is None else at, seq + 1)
-                body += self._seal_record(ring, mtag, conv_id, header.log_id, seq, payload)
-            old = list(mdir.glob(f"{conv_id}-*.log"))
-            self._write_log(mdir, conv_id, header.log_id, bytes(body))
+                body += self._seal_record(ring, mtag, conv_id, codec, seq, payload)
+            header.retired = self._replaced_logs(ring, mtag, mdir, model_id, conv_id)
+            self._write_log(ring, mdir, conv_id, header, bytes(body))
             self._write_header(ring, mtag, mdir, conv_id, header)
-            for path in old:
-                path.unlink()
+            _unlink_logs(mdir, conv_id, header.retired)
         return self.info(model_id, conv_id)
 
     # ----------------------------------------------------------------- internals
@@ -322,14 +396,31 @@ class HistoryStore:
                 count = tail.count + (kind == "m")
                 at = self._clock()
                 payload = _payload(kind, role, content, meta, at, count)
-                frame = self._seal_record(
-                    ring, mtag, conv_id, header.log_id, tail.next_seq, payload
-                )
+                frame = self._seal_record(ring, mtag, conv_id, tail.codec, tail.next_seq, payload)
                 _pwrite_all(fd, frame, tail.end)
                 os.fsync(fd)
             finally:
                 os.close(fd)
         return Message(tail.next_seq, role, content, at, dict(meta or {}))
+
+    def _codec(self, ring: KeyRing, version: int, log_id: bytes) -> records.Codec:
+        return records.Codec(version, log_id, ring["frames"])
+
+    def _log_codec(
+        self, ring: KeyRing, model_id: str, conv_id: str, log_id: bytes, prefix: bytes,
+        min_version: int,
+    ) -> records.Codec:  # fmt: skip
+        """The codec a log's first bytes call for, after checking they belong to it."""
+        version = records.log_version(prefix)
+        if version is None:
+            raise _tampered(model_id, conv_id, "its message log has no valid file header")
+        if prefix[-records.LOG_ID_BYTES :] != log_id:
+            raise _tampered(model_id, conv_id, "its message log belongs to another conversation")
+        if version < min_version:
+            raise _tampered(
+                model_id, conv_id, "its message log was rewritten in an older, weaker format"
+            )
+        return self._codec(ring, version, log_id)
 
     def _tail(
         self, ring: KeyRing, mtag: str, model_id: str, conv_id: str, header: _Header, fd: int,
@@ -338,17 +429,20 @@ class HistoryStore:
         """The log's end state: from its last frame alone when it ends cleanly (O(1)),
         else from a full read; with repair, a torn tail is cut off."""
         size = os.fstat(fd).st_size
-        if os.pread(fd, records.LOG_HEADER_BYTES, 0) == records.log_header(header.log_id):
-            if size == records.LOG_HEADER_BYTES:
-                return _Tail(size, 0, 0, None)
-            frame = records.read_last_frame(fd, size)
-            if frame is not None:
-                with contextlib.suppress(AuthFailed, ValueError, KeyError, TypeError):
-                    rec = self._open_record(ring, mtag, conv_id, header.log_id, frame)
-                    last = Message(frame.seq, rec["role"], rec["content"], rec["at"], rec["meta"])
-                    return _Tail(size, frame.seq + 1, int(rec["n"]), last)
+        prefix = os.pread(fd, records.LOG_HEADER_BYTES, 0)
+        codec = self._log_codec(ring, model_id, conv_id, header.log_id, prefix, header.log_format)
+        if size == records.LOG_HEADER_BYTES:
+            return _Tail(size, 0, 0, None, codec)
+        frame = codec.read_last_frame(fd, size)
+        if frame is not None:
+            with contextlib.suppress(AuthFailed, ValueError, KeyError, TypeError):
+                rec = self._open_record(ring, mtag, conv_id, header.log_id, frame)
+                last = Message(frame.seq, rec["role"], rec["content"], rec["at"], rec["meta"])
+                return _Tail(size, frame.seq + 1, int(rec["n"]), last, codec)
         data = os.pread(fd, size, 0)
-        _, tail, _ = self._decode_log(ring, mtag, model_id, conv_id, header, data)
+        _, tail, _ = self._decode_log(
+            ring, mtag, model_id, conv_id, header.log_id, data, header.log_format
+        )
         if repair and tail.end < size:
             os.ftruncate(fd, tail.end)
             os.fsync(fd)
@@ -367,20 +461,24 @@ class HistoryStore:
             os.close(fd)
 
     def _decode_log(
-        self, ring: KeyRing, mtag: str, model_id: str, conv_id: str, header: _Header, data: bytes
-    ) -> tuple[list[Message], _Tail, list[str]]:
-        if data[: records.LOG_HEADER_BYTES] != records.log_header(header.log_id):
-            raise _tampered(model_id, conv_id, "its message log belongs to another conversation")
-        scan = records.scan(data)
+        self, ring: KeyRing, mtag: str, model_id: str, conv_id: str, log_id: bytes,
+        data: bytes, min_version: int = 1, label: str | None = None,
+    ) -> tuple[list[Message], _Tail, list[str]]:  # fmt: skip
+        """Every record of a log, authenticated in order. `label` names the conversation
+        in messages (a recovered log's id), `conv_id` is what its records are bound to."""
+        label = label or conv_id
+        prefix = data[: records.LOG_HEADER_BYTES]
+        codec = self._log_codec(ring, model_id, label, log_id, prefix, min_version)
+        scan = codec.scan(data)
         if scan.error:
-            raise _tampered(model_id, conv_id, scan.error)
+            raise _tampered(model_id, label, scan.error)
         msgs: list[Message] = []
         for index, frame in enumerate(scan.frames):
             if frame.seq != index:
                 why = "a record is missing" if frame.seq > index else "records are out of order"
-                raise _tampered(model_id, conv_id, f"record {index}: {why}")
+                raise _tampered(model_id, label, f"record {index}: {why}")
             try:
-                rec = self._open_record(ring, mtag, conv_id, header.log_id, frame)
+                rec = self._open_record(ring, mtag, conv_id, log_id, frame)
                 msg = Message(frame.seq, rec["role"], rec["content"], rec["at"], rec["meta"])
                 if rec["k"] == "m":
                     msgs.append(msg)
@@ -392,29 +490,51 @@ class HistoryStore:
                     raise ValueError("message count mismatch")
             except AuthFailed:
                 raise _tampered(
-                    model_id, conv_id, f"record {index} fails authentication (it was altered, "
+                    model_id, label, f"record {index} fails authentication (it was altered, "
                     "or copied from another conversation)",
                 ) from None  # fmt: skip
             except (ValueError, KeyError, TypeError) as exc:
-                raise _tampered(model_id, conv_id, f"record {index} is malformed ({exc})") from None
+                raise _tampered(model_id, label, f"record {index} is malformed ({exc})") from None
         warnings = []
         if scan.torn:
+            self._check_v1_torn_tail(ring, mtag, model_id, conv_id, label, codec, scan, data)
             warnings.append(
-                f"The last record of conversation {conv_id} was incomplete ({scan.torn} bytes, "
+                f"The last record of conversation {label} was incomplete ({scan.torn} bytes, "
                 "from an interrupted write) and was skipped."
             )
-        tail = _Tail(scan.end, len(scan.frames), len(msgs), msgs[-1] if msgs else None)
-        return msgs, tail, warnings
+        last = msgs[-1] if msgs else None
+        return msgs, _Tail(scan.end, len(scan.frames), len(msgs), last, codec), warnings
+
+    def _check_v1_torn_tail(
+        self, ring: KeyRing, mtag: str, model_id: str, conv_id: str, label: str,
+        codec: records.Codec, scan: records.Scan, data: bytes,
+    ) -> None:  # fmt: skip
+        """A CRC-framed log's "torn" tail must not hide whole records behind a forged
+        length field: any complete record found there is authenticated with the key."""
+        if codec.version != 1 or scan.torn_header is None:
+            return
+        offset, _ = scan.torn_header
+        index = len(scan.frames)
+        start = offset + codec.header.size
+        aad = _record_aad(mtag, conv_id, codec.log_id, index)
+        for length in records.v1_hidden_lengths(data, offset):
+            with contextlib.suppress(AuthFailed):
+                keys.open_sealed(ring["history"], bytes(data[start : start + length]), aad)
+                raise _tampered(
+                    model_id, label, f"record {index}: its length field was altered, "
+                    "hiding the records after it",
+                )  # fmt: skip
 
     def _info(
         self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str,
-        current: dict[str, str],
+        headers: dict[str, _Header | None],
     ) -> ConversationInfo:  # fmt: skip
+        headers[conv_id] = None
         try:
             header = self._read_header(ring, mtag, mdir, model_id, conv_id)
         except HistoryTampered as exc:
             return ConversationInfo(conv_id, "(unreadable)", 0.0, 0.0, 0, str(exc))
-        current[conv_id] = _log_path(mdir, conv_id, header.log_id).name
+        headers[conv_id] = header
         try:
             tail = self._tail_readonly(ring, mtag, mdir, model_id, conv_id, header)
         except HistoryTampered as exc:
@@ -428,11 +548,103 @@ class HistoryStore:
         updated = tail.last.created_at if tail.last else header.created_at
         return ConversationInfo(conv_id, header.title, header.created_at, updated, tail.count)
 
+    # ----------------------------------------------------------------- recovered logs
+    def _orphan_logs(
+        self, mdir: Path, headers: dict[str, _Header | None]
+    ) -> list[tuple[str, bytes]]:
+        """(conversation id, log id) of every non-empty log that no readable header
+        names as current or retired, and whose conversation is not being deleted."""
+        found = []
+        for conv_id, log_id in _log_names(mdir):
+            if (mdir / f"{conv_id}{_TOMBSTONE}").exists():
+                continue
+            header = headers.get(conv_id)
+            if header is not None and (log_id == header.log_id or log_id in header.retired):
+                continue
+            if _log_path(mdir, conv_id, log_id).stat().st_size > records.LOG_HEADER_BYTES:
+                found.append((conv_id, log_id))
+        return found
+
+    def _recovered_info(
+        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str, log_id: bytes
+    ) -> ConversationInfo | None:
+        """The listing entry of a recovered log; None when it holds no message."""
+        rid = f"{conv_id}-{log_id.hex()}"
+        try:
+            log = self._read_recovered(ring, mtag, mdir, model_id, rid)
+        except HistoryTampered as exc:
+            return ConversationInfo(rid, RECOVERED_TITLE, 0.0, 0.0, 0, str(exc), recovered=True)
+        return log.info if log.messages else None
+
+    def _read_recovered(
+        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, rid: str
+    ) -> ConversationLog:
+        """Decrypt a recovered log with the ids in its file name (read-only)."""
+        conv_id, log_hex = _RECOVERED_RE.match(rid).groups()
+        data = self._recovered_path(mdir, model_id, rid).read_bytes()
+        msgs, _, warnings = self._decode_log(
+            ring, mtag, model_id, conv_id, bytes.fromhex(log_hex), data, label=rid
+        )
+        created = msgs[0].created_at if msgs else 0.0
+        updated = msgs[-1].created_at if msgs else 0.0
+        info = ConversationInfo(rid, RECOVERED_TITLE, created, updated, len(msgs), recovered=True)
+        note = (
+            f"Conversation {rid} was recovered: its messages were found in history/ without "
+            "the header that names them (for example after restoring part of a backup), so "
+            "its title and date are lost. Send a message to keep it as a regular "
+            "conversation, or delete it."
+        )
+        return ConversationLog(info, msgs, [note, *warnings])
+
+    @staticmethod
+    def _recovered_path(mdir: Path, model_id: str, rid: str) -> Path:
+        path = mdir / f"{rid}.log"
+        if not path.is_file():
+            raise UnknownConversation(
+                f"Model {model_id!r} has no conversation {rid}. "
+                "Run `appliance history list MODEL` to see its conversations."
+            )
+        return path
+
+    def _replaced_logs(
+        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str
+    ) -> list[bytes]:
+        """The logs a conversation's current header names (current and retired), which
+        an import into that id replaces; [] for a new or unreadable header."""
+        if not (mdir / f"{conv_id}.conv").exists():
+            return []
+        try:
+            old = self._read_header(ring, mtag, mdir, model_id, conv_id)
+        except HistoryTampered:
+            return []
+        return [*old.retired, old.log_id]
+
+    def _delete_conversation(
+        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str
+    ) -> None:
+        """Rename the header to a tombstone (atomic), then delete the logs it names. A
+        damaged header names nothing: its logs stay, listed as recovered."""
+        header_path = mdir / f"{conv_id}.conv"
+        if not _CONV_RE.match(str(conv_id)) or not header_path.is_file():
+            raise UnknownConversation(f"Model {model_id!r} has no conversation {conv_id!r}.")
+        os.replace(header_path, mdir / f"{conv_id}{_TOMBSTONE}")
+        fsync_dir(mdir)
+        self._finish_delete(ring, mtag, mdir, conv_id)
+
+    def _finish_delete(self, ring: KeyRing, mtag: str, mdir: Path, conv_id: str) -> None:
+        tomb = mdir / f"{conv_id}{_TOMBSTONE}"
+        with contextlib.suppress(HistoryTampered):
+            header = self._read_header(ring, mtag, mdir, "", conv_id, tomb)
+            _unlink_logs(mdir, conv_id, [*header.retired, header.log_id])
+        tomb.unlink(missing_ok=True)
+        fsync_dir(mdir)
+
     def _seal_record(
-        self, ring: KeyRing, mtag: str, conv_id: str, log_id: bytes, seq: int, payload: bytes
-    ) -> bytes:
-        body = keys.seal(ring["history"], payload, _record_aad(mtag, conv_id, log_id, seq))
-        return records.encode(seq, body)
+        self, ring: KeyRing, mtag: str, conv_id: str, codec: records.Codec, seq: int,
+        payload: bytes,
+    ) -> bytes:  # fmt: skip
+        aad = _record_aad(mtag, conv_id, codec.log_id, seq)
+        return codec.encode(seq, keys.seal(ring["history"], payload, aad))
 
     @staticmethod
     def _open_record(
@@ -454,8 +666,10 @@ class HistoryStore:
         return mtag, self.root / mtag
 
     def _ensure_model(self, ring: KeyRing, model_id: str) -> tuple[str, Path]:
+        """The model's folder, with its sealed id; a missing or damaged model.id is
+        rewritten (the folder name, a keyed hash of the id, proves which id it is)."""
         mtag, mdir = self._model(ring, model_id)
-        if not (mdir / "model.id").is_file():
+        if self._read_model_id(ring, mdir) != model_id:
             mdir.mkdir(mode=0o700, exist_ok=True)
             sealed = keys.seal(ring["names"], model_id.encode("utf-8", "surrogatepass"),
                                keys.DOMAIN + b"model-id/" + mtag.encode())  # fmt: skip
@@ -471,12 +685,19 @@ class HistoryStore:
             return None
 
     def _read_header(
-        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str
-    ) -> _Header:
+        self, ring: KeyRing, mtag: str, mdir: Path, model_id: str, conv_id: str,
+        path: Path | None = None,
+    ) -> _Header:  # fmt: skip
+        if isinstance(conv_id, str) and _RECOVERED_RE.match(conv_id):
+            raise HistoryError(
+                f"Conversation {conv_id} is a recovered conversation: keep it as a regular "
+                "one first (send a message to it in the app, or run `appliance history "
+                f"recover {model_id} --conversation {conv_id}`)."
+            )
         if not isinstance(conv_id, str) or not _CONV_RE.match(conv_id):
             raise UnknownConversation(f"{conv_id!r} is not a conversation id.")
         try:
-            sealed = (mdir / f"{conv_id}.conv").read_bytes()
+            sealed = (path or mdir / f"{conv_id}.conv").read_bytes()
         except FileNotFoundError:
             raise UnknownConversation(
                 f"Model {model_id!r} has no conversation {conv_id}. "
@@ -484,7 +705,7 @@ class HistoryStore:
             ) from None
         try:
             doc = json.loads(keys.open_sealed(ring["history"], sealed, _header_aad(mtag, conv_id)))
-            return _Header(doc["title"], float(doc["created_at"]), bytes.fromhex(doc["log_id"]))
+            return _parse_header(doc)
         except AuthFailed:
             raise _tampered(model_id, conv_id, "its header fails authentication") from None
         except (ValueError, KeyError, TypeError):
@@ -493,15 +714,21 @@ class HistoryStore:
     def _write_header(
         self, ring: KeyRing, mtag: str, mdir: Path, conv_id: str, header: _Header
     ) -> None:
+        """Seal and atomically replace the header; retired logs already gone are
+        dropped from it."""
+        header.retired = [r for r in header.retired if _log_path(mdir, conv_id, r).exists()]
         doc = {"title": header.title, "created_at": header.created_at,
-               "log_id": header.log_id.hex()}  # fmt: skip
+               "log_id": header.log_id.hex(), "log_format": header.log_format,
+               "retired": [r.hex() for r in header.retired]}  # fmt: skip
         plain = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
         sealed = keys.seal(ring["history"], plain, _header_aad(mtag, conv_id))
         atomic_write_bytes(mdir / f"{conv_id}.conv", sealed)
 
-    @staticmethod
-    def _write_log(mdir: Path, conv_id: str, log_id: bytes, body: bytes) -> None:
-        atomic_write_bytes(_log_path(mdir, conv_id, log_id), records.log_header(log_id) + body)
+    def _write_log(
+        self, ring: KeyRing, mdir: Path, conv_id: str, header: _Header, body: bytes
+    ) -> None:
+        codec = self._codec(ring, header.log_format, header.log_id)
+        atomic_write_bytes(_log_path(mdir, conv_id, header.log_id), codec.log_header() + body)
 
     @staticmethod
     def _read_log(mdir: Path, model_id: str, conv_id: str, header: _Header) -> bytes:
@@ -525,23 +752,24 @@ class HistoryStore:
         shutil.rmtree(doomed, ignore_errors=True)
 
     def _sweep(self) -> None:
-        """Finish deletions and drop temp files a crash left behind."""
+        """Finish deletions the user asked for that a crash interrupted (model folders
+        renamed away, conversation tombstones), and drop temp files a crash left."""
         sweep_stale_temps(self.root)
         for path in self.root.iterdir():
             if path.name.startswith(_DELETED_MARK) and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             elif path.is_dir() and _TAG_RE.match(path.name):
                 sweep_stale_temps(path)
+                self._sweep_tombstones(path)
 
-    @staticmethod
-    def _sweep_logs(mdir: Path, current: dict[str, str]) -> None:
-        """Remove logs left by an interrupted create, clear, import or delete: those of a
-        conversation without a header, or not the one its header names."""
-        for log in mdir.glob("*.log"):
-            conv_id = log.name.split("-", 1)[0]
-            orphan = not (mdir / f"{conv_id}.conv").exists()
-            if orphan or (conv_id in current and current[conv_id] != log.name):
-                log.unlink(missing_ok=True)
+    def _sweep_tombstones(self, mdir: Path) -> None:
+        tombs = [p for p in mdir.glob(f"*{_TOMBSTONE}") if _CONV_RE.match(p.stem)]
+        if not tombs:
+            return
+        ring = self._keys()
+        mtag = mdir.name
+        for tomb in tombs:
+            self._finish_delete(ring, mtag, mdir, tomb.stem)
 
 
 def stored_model_dirs(history_dir: Path) -> list[Path]:
@@ -549,6 +777,59 @@ def stored_model_dirs(history_dir: Path) -> list[Path]:
     if not history_dir.is_dir():
         return []
     return sorted(p for p in history_dir.iterdir() if p.is_dir() and _TAG_RE.match(p.name))
+
+
+def _log_names(mdir: Path) -> list[tuple[str, bytes]]:
+    """(conversation id, log id) of every log file in a model folder, from its name."""
+    found = []
+    for path in sorted(mdir.glob("*.log")):
+        match = _LOG_RE.match(path.name)
+        if match:
+            found.append((match.group(1), bytes.fromhex(match.group(2))))
+    return found
+
+
+def _non_empty(mdir: Path, conv_id: str) -> bool:
+    return any(
+        p.stat().st_size > records.LOG_HEADER_BYTES
+        for p in mdir.glob(f"{conv_id}-*.log")
+        if _LOG_RE.match(p.name)
+    )
+
+
+def _has_history(mdir: Path) -> bool:
+    """Whether a model folder holds a conversation header or a log with records."""
+    if any(p for p in mdir.glob("*.conv") if _CONV_RE.match(p.stem)):
+        return True
+    return any(_non_empty(mdir, conv_id) for conv_id, _ in _log_names(mdir))
+
+
+def _unlink_logs(mdir: Path, conv_id: str, log_ids: Iterable[bytes]) -> None:
+    for log_id in log_ids:
+        _log_path(mdir, conv_id, log_id).unlink(missing_ok=True)
+    fsync_dir(mdir)
+
+
+def _unreadable_model(mdir: Path) -> str:
+    return (
+        f"history/{mdir.name}: the model id stored in its model.id cannot be read (the file "
+        "was altered, damaged or is missing), so this model's conversations are listed under "
+        "no model. They are kept: open them by model id (`appliance history list MODEL`), "
+        f"or restore history/{mdir.name}/model.id from a backup. The file is rewritten the "
+        "next time a conversation of that model is started."
+    )
+
+
+def _parse_header(doc: dict[str, Any]) -> _Header:
+    """A decrypted header document (earlier releases wrote no log_format or retired)."""
+    log_format = doc.get("log_format", 1)
+    if log_format not in records.HEADERS:
+        raise ValueError(f"unknown log format {log_format!r}")
+    retired = [bytes.fromhex(r) for r in doc.get("retired", [])]
+    log_id = bytes.fromhex(doc["log_id"])
+    if any(len(r) != records.LOG_ID_BYTES for r in [*retired, log_id]):
+        raise ValueError("bad log id")
+    return _Header(str(doc["title"]), float(doc["created_at"]), log_id, log_format, retired)
 
 
 def _payload(

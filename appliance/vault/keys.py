@@ -1,8 +1,9 @@
 """Keys: HKDF sub-keys, AES-256-GCM sealing, and the key ring of an unlocked vault.
 
 The random 32-byte data key never encrypts anything itself. HKDF-SHA256 derives one
-sub-key per purpose from it (history records, names, API-key secrets), and, from the
-password-derived master key, the key that wraps the data key and a separate verifier.
+sub-key per purpose from it (history records, history frame tags, names, API-key
+secrets, the settings MAC), and, from the password-derived master key, the key that
+wraps the data key and a separate verifier.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def tag(key: bytes, value: str, length: int = 16) -> str:
 class KeyRing:
     """The sub-keys of one unlocked vault. `wipe()` overwrites and drops them."""
 
-    PURPOSES = ("history", "names", "secrets", "seed-import")
+    PURPOSES = ("history", "frames", "names", "secrets", "seed-import", "settings")
 
     def __init__(self, data_key: bytes | bytearray) -> None:
         self._keys: dict[str, bytearray] = {
