@@ -249,7 +249,7 @@ def test_password_strength_hints() -> None:
     assert "at least 8" in password_strength("abc")[1]
     assert password_strength("password123")[0] == 0
     assert password_strength("aaaaaaaaaaaa")[0] == 0
-    assert password_strength("Tr0ub4dor&3")[0] in (2, 3)
+    assert password_strength("Tr0ub4dor&3")[0] >= 3  # zxcvbn: about 10^11 guesses
     assert password_strength("correct horse battery staple")[0] == 4
     scores = [password_strength(p)[0] for p in ("abcdefgh", "abcdefgh12", "Xk9#mQ2!vL7@pR4$")]
     assert scores == sorted(scores) and scores[-1] == 4

@@ -9,16 +9,13 @@ from __future__ import annotations
 import getpass
 import sys
 
-from appliance.vault import VaultError
+from appliance.vault import VaultError, check_new_password
 
 
-def read_password(prompt: str, *, confirm: bool = False) -> str:
-    """One password; on a terminal, asked twice when `confirm`."""
+def read_password(prompt: str) -> str:
+    """One password, from a terminal prompt or one line of piped stdin."""
     if sys.stdin.isatty():
-        password = getpass.getpass(prompt)
-        if confirm and getpass.getpass("Repeat it: ") != password:
-            raise VaultError("The two passwords differ; nothing was changed.")
-        return password
+        return getpass.getpass(prompt)
     line = sys.stdin.readline()
     if not line:
         raise VaultError(
@@ -26,6 +23,23 @@ def read_password(prompt: str, *, confirm: bool = False) -> str:
             "or run the command in a terminal to be prompted."
         )
     return line.removesuffix("\n").removesuffix("\r")
+
+
+def read_new_password(prompt: str) -> str:
+    """A new master password, refused at once (before the repeat) when it breaks the rule.
+
+    The vault applies the same rule and message (appliance.vault.strength); checking
+    here first spares typing the repeat of a password that will be refused.
+    """
+    if not sys.stdin.isatty():
+        password = read_password(prompt)
+        check_new_password(password)
+        return password
+    password = getpass.getpass(prompt)
+    check_new_password(password)
+    if getpass.getpass("Repeat it: ") != password:
+        raise VaultError("The two passwords differ; nothing was changed.")
+    return password
 
 
 def unlock_vault():

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from appliance.commands.passwords import read_password
+from appliance.commands.passwords import read_new_password, read_password
 from appliance.vault.kdf import KDF_NAMES
 
 
@@ -47,12 +47,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     vault = _vault()
     if vault.initialized:
         raise VaultAlreadyInitialized()
-    password = read_password("New master password: ", confirm=True)
-    score, hint = password_strength(password)
+    password = read_new_password("New master password: ")
+    score, _ = password_strength(password)
     unlocked = vault.init(password, kdf=args.kdf)
     unlocked.lock()
     print(f"vault created ({_describe_kdf(vault.status()['kdf'])})")
-    print(f"password strength {score}/4: {hint}", file=sys.stderr)
+    print(f"password strength {score}/4 (zxcvbn)", file=sys.stderr)
     return 0
 
 
@@ -61,10 +61,10 @@ def cmd_change_password(args: argparse.Namespace) -> int:
 
     vault = _vault()
     old = read_password("Current master password: ")
-    new = read_password("New master password: ", confirm=True)
+    new = read_new_password("New master password: ")
     vault.change_password(old, new, kdf=args.kdf)
     print(f"password changed ({_describe_kdf(vault.status()['kdf'])}); history untouched")
-    print(f"password strength {password_strength(new)[0]}/4", file=sys.stderr)
+    print(f"password strength {password_strength(new)[0]}/4 (zxcvbn)", file=sys.stderr)
     return 0
 
 

@@ -20,10 +20,12 @@ from appliance.vault.errors import (
     WrongPassword,
 )
 from appliance.vault.history import ConversationInfo, ConversationLog, HistoryStore, Message
-from appliance.vault.strength import password_strength
+from appliance.vault.strength import RULE as PASSWORD_RULE
+from appliance.vault.strength import check_new_password, password_strength
 from appliance.vault.vault import Unlocked, Vault
 
 __all__ = [
+    "PASSWORD_RULE",
     "ConversationInfo",
     "ConversationLog",
     "HistoryError",
@@ -43,5 +45,6 @@ __all__ = [
     "VaultNotInitialized",
     "WeakPassword",
     "WrongPassword",
+    "check_new_password",
     "password_strength",
 ]

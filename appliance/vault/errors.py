@@ -67,7 +67,7 @@ class OrphanedHistory(VaultError):
 
 
 class WeakPassword(VaultError):
-    """The new password is refused (too short or empty)."""
+    """The new password is refused (empty, too short or too easy to guess)."""
 
 
 class VaultLocked(VaultError):
