@@ -7,6 +7,9 @@ scripts/container-smoke runs it inside its loopback-only network namespace, twic
 - ``history`` (after ``compose down`` and ``up``): unlock in a fresh browser context; the
   conversation resumes by itself, with the same question and the same reply.
 
+Every request the page makes is recorded; one to a host other than the app's (a remote
+font or icon, say) fails the phase, and is blocked so it never leaves the box.
+
 The reply is kept in the --state file between the phases. Screenshots go to
 <artifacts>/container-<phase>.png, on failure too. Exit status 1 with one line that says
 which step failed.
@@ -21,6 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect, sync_playwright
@@ -46,6 +50,25 @@ REPLY_SHOWN_JS = """n => {
 
 
 T = TypeVar("T")
+LOCAL_SCHEMES = ("data", "blob", "about")
+
+
+class OffOrigin:
+    """Records (and blocks) every request of a browser context to a host but the app's."""
+
+    def __init__(self, context, url: str) -> None:
+        self.app = urlsplit(url).netloc
+        self.seen: list[str] = []
+        context.on("request", lambda request: self._check(request.url))
+        context.route(self._leaves, lambda route: route.abort("blockedbyclient"))
+
+    def _leaves(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme not in LOCAL_SCHEMES and parts.netloc != self.app
+
+    def _check(self, url: str) -> None:
+        if self._leaves(url):
+            self.seen.append(url)
 
 
 class StepFailed(Exception):
@@ -218,10 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        off_origin = OffOrigin(context, args.url)
         page = context.new_page()
         page.set_default_timeout(30_000)
         try:
             summary = journey(page, args.phase, args.url, args.state)
+            if off_origin.seen:
+                urls = ", ".join(dict.fromkeys(off_origin.seen))
+                raise StepFailed(f"requests off the app's origin {off_origin.app}: {urls}")
         except StepFailed as exc:
             boxes = alerts(page)
             page.screenshot(path=str(shot), full_page=True)

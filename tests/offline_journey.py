@@ -1,6 +1,8 @@
 """A full journey (set-up, load the demo model, chat) run inside the offline namespace.
 
-Used by test_offline_proof.py: `python tests/offline_journey.py URL`.
+Used by test_offline_proof.py: `python tests/offline_journey.py URL`. The browser's own
+requests are recorded too (tests/browser.py's Guard): one to any host but the app's, a
+console error or a Streamlit exception box ends the journey with exit status 1.
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-
-PASSWORD = "correct horse battery staple"
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, VIEWPORT, Guard, origin
 
 
 def main(url: str) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
+        context = browser.new_context(viewport=VIEWPORT)
+        guard = Guard(context, {origin(url)})
+        page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(url)
         page.get_by_label("Master password").fill(PASSWORD)
@@ -34,8 +36,11 @@ def main(url: str) -> None:
         box.press("Enter")
         reply = page.get_by_test_id("stChatMessage").nth(1)
         expect(reply).to_contain_text("Paris", timeout=120_000)
+        found = guard.problems()
         browser.close()
-    print("journey done")
+    if found:
+        sys.exit("the browser saw:\n- " + "\n- ".join(found))
+    print(f"journey done ({len(guard.requests)} requests, all to {origin(url)})")
 
 
 if __name__ == "__main__":

@@ -7,53 +7,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from appliance.library.library import Library
-from tests.browser import AppServer, shot, wait_idle
+from tests.browser import AppServer, go, send, set_up, shot, unlock, wait_idle, with_demo
 from tests.helpers import write_gguf
-
-PASSWORD = "correct horse battery staple"
-DEMO_ID = "smollm2-135m-instruct.q4_1"
-
-
-def set_up(page: Page, url: str) -> None:
-    page.goto(url)
-    page.get_by_label("Master password").fill(PASSWORD)
-    page.get_by_label("Confirm the password").fill(PASSWORD)
-    shot(page, "unlock-first-run")
-    page.get_by_role("button", name="Create vault", exact=True).click()
-    expect(page.get_by_role("link", name="Chat")).to_be_visible()
-
-
-def unlock(page: Page, url: str, password: str = PASSWORD) -> None:
-    page.goto(url)
-    page.get_by_label("Master password").fill(password)
-    page.get_by_role("button", name="Unlock", exact=True).click()
-
-
-def go(page: Page, name: str) -> None:
-    page.get_by_role("link", name=name).click()
-    wait_idle(page)
-
-
-def send(page: Page, text: str) -> None:
-    box = page.get_by_test_id("stChatInputTextArea")
-    box.fill(text)
-    box.press("Enter")
-
-
-def with_demo(server_home: Path, demo_model: Path, max_tokens: int = 512) -> None:
-    """The demo model in the app's models/, answering deterministically."""
-    models = server_home / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (models / demo_model.name).hardlink_to(demo_model)
-    library = Library()
-    entry = library.register(models / demo_model.name)
-    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42, "max_tokens": max_tokens,
-                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
 
 
 def test_first_run_chat_and_history(appliance_home: Path, demo_model: Path, page: Page) -> None:
@@ -154,11 +114,12 @@ def test_drop_in_while_running(appliance_home: Path, page: Page, tmp_path: Path)
         server.stop()
 
 
-def test_two_sessions_queue(appliance_home: Path, demo_model: Path, browser: Browser) -> None:
+def test_two_sessions_queue(
+    appliance_home: Path, demo_model: Path, new_page: Callable[[], Page]
+) -> None:
     with_demo(appliance_home, demo_model, max_tokens=8000)
     server = AppServer(appliance_home).start()
-    first = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    second = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    first, second = new_page(), new_page()
     try:
         set_up(first, server.url)
         second.goto(server.url)  # unlocking one browser session does not unlock another
@@ -173,6 +134,4 @@ def test_two_sessions_queue(appliance_home: Path, demo_model: Path, browser: Bro
         shot(second, "chat-queued")
         threading.Event().wait(0.5)
     finally:
-        first.context.close()
-        second.context.close()
         server.stop()
