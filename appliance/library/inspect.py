@@ -4,7 +4,9 @@ One function, `inspect_model`, maps any path to a ModelInfo or raises a typed
 ModelFileError whose message tells the user what is wrong and what to do:
 
 - GGUF (.gguf): architecture, name, parameters, quantisation, context, chat template.
-- legacy GGML (.bin with ggml/ggmf/ggjt magic): variant and llama hyper-parameters.
+- legacy GGML (.bin with ggml/ggmf/ggjt magic): variant, quantisation, and the
+  hyper-parameters and tensor table of llama.cpp's layouts or of ggml's gpt-2 layout
+  (gpt2/starcoder, which also records the context length).
 - pickled PyTorch weights (.bin/.pt/.pth/.ckpt): refused, since loading runs code.
 - single .safetensors files: dtype and parameter count.
 - Hugging Face folders: config.json, tokenizer, chat template, sharded weights.
@@ -13,6 +15,7 @@ ModelFileError whose message tells the user what is wrong and what to do:
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zipfile
 from collections import Counter
@@ -30,6 +33,7 @@ from appliance.errors import (
 from appliance.library.gguf_header import (
     FILE_TYPE_NAMES,
     GGML_TYPE_NAMES,
+    GGML_TYPE_SIZES,
     GGUFHeader,
     read_gguf_header,
 )
@@ -141,6 +145,10 @@ def _inspect_bin(path: Path) -> ModelInfo:
 
 
 def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
+    if variant == "ggml":
+        gpt2 = _gpt2_layout_info(path)
+        if gpt2 is not None:
+            return gpt2
     offset = 4
     version = None
     if variant != "ggml":
@@ -149,7 +157,7 @@ def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
     fields = head[offset : offset + 28]
     if len(fields) < 28:
         raise TruncatedModelFile(f"{path.name}: the GGML header ends early; copy it again.")
-    n_vocab, n_embd, _mult, n_head, n_layer, _rot, ftype = struct.unpack("<7i", fields)
+    n_vocab, n_embd, _mult, n_head, n_layer, n_rot, ftype = struct.unpack("<7i", fields)
     info = ModelInfo(
         path=str(path),
         format="ggml",
@@ -164,12 +172,124 @@ def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
         "Legacy GGML headers do not record the architecture or the context length; the "
         "architecture is guessed from the file name. Converting to GGUF is recommended."
     )
-    if 0 < n_embd < 1 << 20 and 0 < n_layer < 1 << 12 and 0 < n_head < 1 << 12:
+    # llama.cpp's own layouts (n_rot = n_embd / n_head); other ggml examples differ.
+    if (
+        0 < n_embd < 1 << 20
+        and 0 < n_layer < 1 << 12
+        and 0 < n_head < 1 << 12
+        and (n_rot * n_head == n_embd or variant != "ggml")
+    ):
         info.notes.append(
             f"llama hyper-parameters: vocab {n_vocab}, embedding {n_embd}, "
             f"{n_head} heads, {n_layer} layers."
         )
+        info.layers, info.embedding, info.heads = n_layer, n_embd, n_head
+        if variant != "ggml":  # ggmf v1, ggjt v1-3: vocabulary with scores
+            with path.open("rb") as fh:
+                fh.seek(offset + 28)
+                tensors = _ggml_tensor_table(fh, n_vocab, scores=True, align=variant == "ggjt")
+            if tensors is not None:
+                info.parameters = sum(elements for _name, elements in tensors)
+                info.tensor_count = len(tensors)
     return info
+
+
+def _gpt2_layout_info(path: Path) -> ModelInfo | None:
+    """ggml's gpt-2 example layout (read by ctransformers' gpt2 and starcoder): i32
+    n_vocab, n_ctx, n_embd, n_head, n_layer, ftype, then n_vocab again, the vocabulary
+    and tensors named model/...; None when the file is not laid out so."""
+    with path.open("rb") as fh:
+        fh.seek(4)
+        raw = fh.read(28)
+        if len(raw) < 28:
+            return None
+        n_vocab, n_ctx, n_embd, n_head, n_layer, ftype, again = struct.unpack("<7i", raw)
+        if again != n_vocab or not (
+            0 < n_vocab < 1 << 22 and 0 < n_ctx < 1 << 22 and 0 < n_embd < 1 << 20
+            and 0 < n_head <= n_embd and 0 < n_layer < 1 << 12
+        ):  # fmt: skip
+            return None
+        start = fh.tell()
+        first = _ggml_tensor_table(fh, n_vocab, scores=False, align=False, first_only=True)
+        if not first or not first[0][0].startswith("model/"):
+            return None
+        fh.seek(start)
+        tensors = _ggml_tensor_table(fh, n_vocab, scores=False, align=False)
+    starcoder = guess_architecture(path.name) == "starcoder"
+    info = ModelInfo(
+        path=str(path),
+        format="ggml",
+        backend=DEFAULT_BACKEND["ggml"],
+        architecture="starcoder" if starcoder else "gpt2",
+        architecture_source="filename" if starcoder else "metadata",
+        size_bytes=path.stat().st_size,
+        ggml_variant="ggml",
+        quantization=_GGML_FTYPES.get(ftype % 1000),
+        context_length=n_ctx,
+        layers=n_layer,
+        embedding=n_embd,
+        heads=n_head,
+    )
+    info.notes.append(
+        f"ggml gpt-2 layout: vocab {n_vocab}, context {n_ctx}, embedding {n_embd}, "
+        f"{n_head} heads, {n_layer} layers. GPT-2 and StarCoder files share this layout; "
+        "the file name tells them apart. Converting to GGUF is recommended."
+    )
+    if tensors is None:
+        info.notes.append(
+            "The tensor table does not end where the file does: the file may be truncated "
+            "or use an old quantisation, so the parameter count is not known."
+        )
+    else:
+        info.parameters = sum(elements for _name, elements in tensors)
+        info.tensor_count = len(tensors)
+    return info
+
+
+def _ggml_tensor_table(
+    fh: Any, n_vocab: int, *, scores: bool, align: bool, first_only: bool = False
+) -> list[tuple[str, int]] | None:
+    """Skip the vocabulary at the file position, then list (name, elements) of every
+    tensor; None unless the table is well formed and ends exactly at the end of the file
+    (so an unknown or old quantisation, or a truncated file, yields None)."""
+    size = os.fstat(fh.fileno()).st_size
+    for _ in range(n_vocab):
+        raw = fh.read(4)
+        if len(raw) < 4:
+            return None
+        length = struct.unpack("<I", raw)[0]
+        if length > 4096 or fh.seek(length + (4 if scores else 0), 1) > size:
+            return None
+    tensors: list[tuple[str, int]] = []
+    while fh.tell() < size:
+        raw = fh.read(12)
+        if len(raw) < 12:
+            return None
+        n_dims, name_len, ggml_type = struct.unpack("<3i", raw)
+        if not (1 <= n_dims <= 4 and 0 < name_len <= 512) or ggml_type not in GGML_TYPE_SIZES:
+            return None
+        raw = fh.read(4 * n_dims + name_len)
+        if len(raw) < 4 * n_dims + name_len:
+            return None
+        dims = struct.unpack(f"<{n_dims}i", raw[: 4 * n_dims])
+        try:
+            name = raw[4 * n_dims :].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        block, block_bytes = GGML_TYPE_SIZES[ggml_type]
+        if min(dims) <= 0 or elements % block:
+            return None
+        tensors.append((name, elements))
+        if first_only:
+            return tensors
+        if align:
+            fh.seek(-fh.tell() % 32, 1)
+        if fh.seek(elements // block * block_bytes, 1) > size:
+            return None
+    return tensors or None
 
 
 def _is_torch_zip(path: Path) -> bool:

@@ -6,11 +6,22 @@ interpreter on some damaged files. So it runs only inside the worker process, an
 failure, raised or a crash, becomes an error naming what it can load and suggesting the
 llama.cpp backend. Prompts use the plain-transcript fallback: GGML files carry no
 chat template.
+
+Three faults of ctransformers' Python layer are worked around here:
+- gpt2-layout files (gpt2, starcoder) keep the context length written in their header
+  whatever `context_length` asks for, so the backend reports the model's real window
+  (`llm.context_length`), never the requested one.
+- `LLM.tokenize` sizes its output buffer by characters, not bytes: non-ASCII text
+  overflows it (heap corruption) and comes back truncated. The backend calls the native
+  tokenizer with a buffer of one token per byte, plus BOS.
+- The gpt2-family sampler sorts `top_k` entries without clamping to the vocabulary, so a
+  top_k above it (0 = "no limit" here) crashes the process. top_k is clamped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Iterator
@@ -81,7 +92,7 @@ class CTransformersBackend(Backend):
                 f"ctransformers cannot load {path.name}: its architecture {arch!r} is not one "
                 f"it knows. {SUPPORTED}. {SUGGESTION}"
             )
-        n_ctx = spec.options.get("n_ctx") or LEGACY_CTX
+        n_ctx = spec.options.get("n_ctx") or spec.entry.get("context_length") or LEGACY_CTX
         self.threads = spec.options.get("n_threads") or opts.physical_cores()
         log(f"ctransformers: model type {model_type}, n_ctx {n_ctx}, {self.threads} threads")
         native: list[str] = []
@@ -97,22 +108,36 @@ class CTransformersBackend(Backend):
             raise ModelLoadError(
                 f"ctransformers cannot load {path.name}{why}. {SUPPORTED}. {SUGGESTION}"
             ) from None
+        self.add_bos = model_type == "llama"  # as ctransformers' own tokenize decides
+        context = self.llm.context_length
+        if context != n_ctx:
+            log(f"ctransformers: {path.name} fixes its context at {context} tokens")
         detail = "legacy GGML: plain-transcript prompt"
-        return Loaded(n_ctx, self.threads, 0, chat_template=False, detail=detail)
+        return Loaded(context, self.threads, 0, chat_template=False, detail=detail)
+
+    def tokenize(self, text: str) -> list[int]:
+        """The native tokenizer with an output buffer that fits (see the module docstring):
+        every token covers at least one byte of the text."""
+        raw = text.encode()
+        buffer = (ctypes.c_int * (len(raw) + 1))()
+        count = self.llm.ctransformers_llm_tokenize(raw, self.add_bos, buffer)
+        return buffer[:count]
 
     def count_tokens(self, messages: list[Message]) -> int:
-        return len(self.llm.tokenize(render_fallback(messages)))
+        return len(self.tokenize(render_fallback(messages)))
 
     def chat(
         self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
     ) -> Iterator[str]:
-        tokens = self.llm.tokenize(render_fallback(messages))
+        tokens = self.tokenize(render_fallback(messages))
+        vocab = self.llm.vocab_size
+        top_k = min(settings["top_k"] or vocab, vocab)
         seed = settings.get("seed", -1)
         stops = StopFilter(FALLBACK_STOP)
         generated: list[int] = []
         shown = ""
         for token in self.llm.generate(
-            tokens, top_k=settings["top_k"] or 1_000_000, top_p=settings["top_p"],
+            tokens, top_k=top_k, top_p=settings["top_p"],
             temperature=settings["temperature"] or 1e-6,
             repetition_penalty=settings["repeat_penalty"], seed=seed,
             threads=self.threads, reset=True,
