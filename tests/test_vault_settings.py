@@ -145,16 +145,177 @@ def test_every_byte_flip_of_the_wrapped_key_fails_authentication(appliance_home:
     fast_vault().unlock(PASSWORD)
 
 
-def test_altered_verifier_or_salt_reads_as_wrong_password(appliance_home: Path) -> None:
+def kdf_changed() -> str:
+    return (
+        "config/settings.json holds key-derivation parameters (function, cost or salt) other "
+        "than those this vault was last unlocked with, and with them the password does not "
+        "open it: the file was edited or replaced. This attempt was not counted as a wrong "
+        "password. Restore config/settings.json from a backup; if you restored an older copy "
+        "on purpose, use the password that was current when that copy was made."
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"salt": "flip"},
+        {"iterations": 2},
+        {"memory_kib": 128},
+        {"name": "pbkdf2-sha256", "iterations": 1000, "memory_kib": None, "lanes": None},
+    ],
+)
+def test_edited_kdf_params_are_damaged_settings_not_a_wrong_password(
+    appliance_home: Path, edit: dict
+) -> None:
+    """Issue 9.6: edited (in-range) KDF parameters read as "Wrong password" and used up
+    the throttle's free attempts."""
+    unlocked = fast_vault().init(PASSWORD)
+    conv = unlocked.history.create("m")
+    unlocked.history.append("m", conv.id, "user", "kept")
+    doc = settings_doc(appliance_home)
+    kdf = dict(doc["kdf"])
+    for key, value in edit.items():
+        if value == "flip":
+            salt = bytearray(base64.b64decode(kdf["salt"]))
+            salt[0] ^= 1
+            kdf["salt"] = base64.b64encode(salt).decode()
+        elif value is None:
+            del kdf[key]
+        else:
+            kdf[key] = value
+    write_doc(appliance_home, {**doc, "kdf": kdf})
+    edited = (appliance_home / "config" / "settings.json").read_bytes()
+    history_before = snapshot(appliance_home / "history")
+    for _ in range(8):  # more than the free attempts
+        with pytest.raises(SettingsCorrupt) as err:
+            fast_vault().unlock(PASSWORD)
+        assert str(err.value) == kdf_changed()
+    status = fast_vault().status()
+    assert (status["failed_attempts"], status["throttled"]) == (0, False)
+    assert (appliance_home / "config" / "settings.json").read_bytes() == edited
+    assert snapshot(appliance_home / "history") == history_before
+    write_doc(appliance_home, doc)  # the file restored: the same password opens it
+    log = fast_vault().unlock(PASSWORD).history.messages("m", conv.id)
+    assert [m.content for m in log.messages] == ["kept"]
+    with pytest.raises(WrongPassword, match="Wrong password. 4 more attempts"):
+        fast_vault().unlock(OTHER)  # an unedited file still tells a wrong password
+
+
+def test_altered_verifier_with_the_right_password_opens_with_a_warning(
+    appliance_home: Path,
+) -> None:
     fast_vault().init(PASSWORD)
     doc = settings_doc(appliance_home)
-    salt = bytearray(base64.b64decode(doc["kdf"]["salt"]))
-    salt[0] ^= 1
-    write_doc(
-        appliance_home, {**doc, "kdf": {**doc["kdf"], "salt": base64.b64encode(salt).decode()}}
-    )
+    verifier = bytearray(base64.b64decode(doc["verifier"]))
+    verifier[0] ^= 1
+    write_doc(appliance_home, {**doc, "verifier": base64.b64encode(verifier).decode()})
     with pytest.raises(WrongPassword):
-        fast_vault().unlock(PASSWORD)
+        fast_vault().unlock(OTHER)  # a wrong password cannot be told from this edit
+    assert fast_vault().status()["failed_attempts"] == 1
+    unlocked = fast_vault().unlock(PASSWORD)  # the wrapped key proves the password
+    assert unlocked.warnings == [settings_altered()]
+    assert settings_doc(appliance_home)["verifier"] == doc["verifier"]  # re-sealed
+    assert fast_vault().unlock(PASSWORD).warnings == []
+    assert fast_vault().status()["failed_attempts"] == 0
+
+
+def settings_altered() -> str:
+    return (
+        "config/settings.json was changed outside the app: it no longer matches its "
+        "authentication code. Safe values are used and saved: auto-lock after 15 minutes, "
+        "creation and password-change dates unknown. Your password, your key and your "
+        "history are not affected; check the auto-lock time in Settings."
+    )
+
+
+def write_v1_settings(home: Path, password: str, **fields) -> dict:
+    """Rewrite settings.json as release 1 wrote it: no MAC, the key wrapped for v1."""
+    doc = settings_doc(home)
+    params = kdf_mod.params_from_json(doc["kdf"])
+    master = kdf_mod.derive(kdf_mod.normalize_password(password), params)
+    loaded = settings_mod.load(home / "config" / "settings.json")
+    data_key, _ = settings_mod.unwrap(master, loaded)
+    from appliance.vault import keys
+
+    wrapped = keys.seal(keys.hkdf(master, "wrap"), data_key, settings_mod.wrap_aad(params, 1))
+    old = {k: v for k, v in doc.items() if k not in ("mac", "checksum")}
+    old.update(version=1, wrapped_key=base64.b64encode(wrapped).decode(), **fields)
+    write_doc(home, old)
+    return old
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "safe"),
+    [
+        ("auto_lock_s", 10**12, 900),
+        ("auto_lock_s", -1, 900),
+        ("auto_lock_s", 0, 900),
+        ("auto_lock_s", "60", 900),
+        ("auto_lock_s", 60, 900),  # in range, but not what the app saved
+        ("created_at", "2001-01-01T00:00:00+00:00", None),
+        ("created_at", "yesterday", None),
+        ("password_changed_at", "2999-01-01T00:00:00+00:00", None),
+    ],
+)
+def test_edited_settings_fall_back_to_safe_values(
+    appliance_home: Path, field: str, value, safe
+) -> None:
+    """Issue 9.5: settings.json had only a plain checksum; auto_lock_s = 10^12 turned
+    auto-lock off, -1 locked at once, and dates could be forged. The document is now
+    authenticated with a MAC keyed from the data key, checked at unlock."""
+    unlocked = fast_vault().init(PASSWORD)
+    conv = unlocked.history.create("m")
+    unlocked.history.append("m", conv.id, "user", "kept")
+    doc = settings_doc(appliance_home)
+    write_doc(appliance_home, {**doc, field: value})  # the public checksum is easy to fix
+    history_before = snapshot(appliance_home / "history")
+    status = fast_vault().status()  # read before unlocking: range-checked, not trusted
+    assert 60 <= status["auto_lock_s"] <= 86_400
+    again = fast_vault().unlock(PASSWORD)
+    assert again.warnings == [settings_altered()]
+    assert again.idle_timeout_s == 900
+    assert [m.content for m in again.history.messages("m", conv.id).messages] == ["kept"]
+    stored = settings_doc(appliance_home)
+    assert stored[field] == safe and stored["auto_lock_s"] == 900
+    assert (stored["kdf"], stored["wrapped_key"] != "") == (doc["kdf"], True)
+    assert fast_vault().unlock(PASSWORD).warnings == []  # re-sealed: said once
+    assert snapshot(appliance_home / "history") == history_before
+
+
+def test_settings_without_a_mac_open_and_get_one(appliance_home: Path) -> None:
+    """A release 1 file (no MAC) opens with the same password; the MAC is added then.
+    Its fields are range-checked all the same."""
+    unlocked = fast_vault().init(PASSWORD)
+    conv = unlocked.history.create("m")
+    unlocked.history.append("m", conv.id, "user", "kept")
+    old = write_v1_settings(appliance_home, PASSWORD)
+    assert fast_vault().status()["format"] == "envelope-v1"
+    again = fast_vault().unlock(PASSWORD)
+    assert again.warnings == []
+    assert [m.content for m in again.history.messages("m", conv.id).messages] == ["kept"]
+    doc = settings_doc(appliance_home)
+    assert doc["version"] == 2 and len(base64.b64decode(doc["mac"])) == 32
+    assert (doc["created_at"], doc["kdf"]) == (old["created_at"], old["kdf"])
+    write_v1_settings(appliance_home, PASSWORD, auto_lock_s=10**12)
+    again = fast_vault().unlock(PASSWORD)
+    assert again.warnings == [
+        "config/settings.json holds auto_lock_s = 1000000000000, outside 60 to 86,400 "
+        "seconds; the default (15 minutes) is used instead."
+    ]
+    assert again.idle_timeout_s == 900 and settings_doc(appliance_home)["auto_lock_s"] == 900
+
+
+def test_stripping_the_mac_is_noticed(appliance_home: Path) -> None:
+    """Passing a version 2 file off as version 1 (no MAC to check) does not work: its
+    wrapped key is bound to version 2."""
+    fast_vault().init(PASSWORD)
+    doc = settings_doc(appliance_home)
+    stripped = {k: v for k, v in doc.items() if k not in ("mac", "checksum")}
+    write_doc(appliance_home, {**stripped, "version": 1, "auto_lock_s": 86_400})
+    unlocked = fast_vault().unlock(PASSWORD)
+    assert unlocked.warnings == [settings_altered()]
+    assert unlocked.idle_timeout_s == 900
+    assert settings_doc(appliance_home)["version"] == 2
 
 
 @pytest.mark.parametrize(
@@ -319,12 +480,24 @@ def test_seed_import_resumes_after_a_crash(appliance_home: Path, monkeypatch) ->
     assert settings_doc(appliance_home)["seed_import"] is None
 
 
-def test_seed_password_typed_in_nfd_still_opens(appliance_home: Path) -> None:
-    """The seed did not normalise: a vault set with an NFD password must still open."""
+def test_seed_password_typed_in_nfd_still_opens(appliance_home: Path, spy_derive: list) -> None:
+    """The seed did not normalise: a vault set with an NFD password must still open, its
+    history must come over, and from then on either spelling opens it."""
     nfd = unicodedata.normalize("NFD", "mot de passe élève")
-    write_seed_vault(appliance_home, nfd, {})
-    fast_vault().unlock(nfd)
-    fast_vault().unlock(unicodedata.normalize("NFC", nfd))  # normalised from now on
+    nfc = unicodedata.normalize("NFC", nfd)
+    assert nfd != nfc
+    write_seed_vault(appliance_home, nfd, {"m": [{"role": "user", "content": "salut"}]})
+    with pytest.raises(WrongPassword):
+        fast_vault().unlock("mot de passe eleve")
+    unlocked = fast_vault().unlock(nfd)
+    seed_tries = [p for p in spy_derive if p.name == "pbkdf2-sha256"]
+    assert len(seed_tries) == 1 + 2  # an ASCII wrong password, then NFD: as NFC, as typed
+    assert settings_doc(appliance_home)["schema"] == "offline-llm-switcher/vault"
+    assert fast_vault().status()["format"] == "envelope-v2"
+    conv = unlocked.history.latest("m")
+    assert [m.content for m in unlocked.history.messages("m", conv.id).messages] == ["salut"]
+    for spelling in (nfc, nfd):  # normalised from now on
+        assert fast_vault().unlock(spelling).history.count("m") == 1
 
 
 def test_weak_envelope_params_upgraded_on_unlock(appliance_home: Path) -> None:
@@ -383,12 +556,19 @@ def test_status_has_no_secrets(appliance_home: Path) -> None:
 
 def test_auto_lock_setting_persists(appliance_home: Path) -> None:
     vault = fast_vault()
-    vault.init(PASSWORD)
+    unlocked = vault.init(PASSWORD)
     assert vault.auto_lock_s == 900
-    vault.set_auto_lock_s(300)
+    unlocked.set_auto_lock_s(300)
     assert fast_vault().unlock(PASSWORD).idle_timeout_s == 300
     assert fast_vault().unlock(PASSWORD, idle_timeout_s=60).idle_timeout_s == 60
-    from appliance.vault import VaultError
+    vault.set_auto_lock_s(600)  # the session this vault object unlocked holds the key
+    assert fast_vault().unlock(PASSWORD).warnings == []
+    assert fast_vault().auto_lock_s == 600
+    from appliance.vault import VaultError, VaultLocked
 
     with pytest.raises(VaultError, match="between 1 minute and 24 hours"):
         vault.set_auto_lock_s(5)
+    unlocked.lock()
+    with pytest.raises(VaultLocked, match="must be unlocked to change its settings"):
+        vault.set_auto_lock_s(120)
+    assert fast_vault().auto_lock_s == 600

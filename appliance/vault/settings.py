@@ -1,20 +1,28 @@
-"""config/settings.json: KDF parameters, salt, verifier and the wrapped data key.
+"""config/settings.json: KDF parameters, salt, verifier, the wrapped data key, settings.
 
-Envelope format (version 1), written atomically and never overwritten when unreadable:
+Envelope format (version 2), written atomically and never overwritten when unreadable:
 
-    {"schema": "offline-llm-switcher/vault", "version": 1,
+    {"schema": "offline-llm-switcher/vault", "version": 2,
      "kdf": {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4,
              "salt": "<base64>"},
      "verifier": "<base64, HKDF(master, 'verifier')>",
      "wrapped_key": "<base64, nonce || AES-256-GCM(HKDF(master, 'wrap'), data key)>",
      "auto_lock_s": 900, "created_at": "...", "password_changed_at": "...",
-     "seed_import": null, "checksum": "sha256:<hex>"}
+     "seed_import": null, "mac": "<base64, HMAC-SHA256 keyed from the data key>",
+     "checksum": "sha256:<hex>"}
 
 The checksum (over every other field) tells accidental damage apart from a wrong
-password; the verifier, a separate HKDF output of the password-derived key, tells a
-wrong password apart from an altered wrapped key. Neither helps an attacker: both need
-the full KDF per guess. The seed's format ({"password_hash", "salt", "iterations"},
-PBKDF2-SHA256) is still read, so it can be unlocked and upgraded.
+password before any key is derived; the verifier, a separate HKDF output of the
+password-derived key, tells a wrong password apart from an altered wrapped key. The
+MAC authenticates the whole document (the checksum aside) with a key only the unlocked
+vault has: it is checked at unlock, and a mismatch falls back to safe values with a
+warning, never refusing the history. The wrapped key of a version 2 file is bound to
+that version, so stripping the MAC to pass the file off as version 1 is noticed too.
+
+Version 1 (no MAC) is still read and upgraded at its first unlock, and so is the seed's
+format ({"password_hash", "salt", "iterations"}, PBKDF2-SHA256). Every field is
+range-checked on load: a bad key field is SettingsCorrupt, a bad setting or date is
+replaced by a safe value and reported in `problems`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +43,20 @@ from appliance.vault.errors import SettingsCorrupt, VaultNotInitialized
 from appliance.vault.kdf import PBKDF2, KdfParams, check_limits, params_from_json
 
 SCHEMA = "offline-llm-switcher/vault"
-VERSION = 1
+VERSION = 2
 DEFAULT_AUTO_LOCK_S = 900
 AUTO_LOCK_LIMITS = (60, 24 * 3600)
+EARLIEST_DATE = datetime(2000, 1, 1, tzinfo=UTC)
 RESTORE_HINT = (
     "It was left untouched. Restore config/settings.json from a backup; without it the "
     "history cannot be decrypted."
 )
-_FIELDS = {
+_FIELDS_V1 = {
     "schema", "version", "kdf", "verifier", "wrapped_key", "auto_lock_s", "created_at",
     "password_changed_at", "seed_import", "checksum",
 }  # fmt: skip
+_FIELDS = {1: _FIELDS_V1, 2: _FIELDS_V1 | {"mac"}}
+_SEALED_KEY_BYTES = keys.NONCE_BYTES + keys.DATA_KEY_BYTES + keys.TAG_BYTES
 
 
 def now_iso() -> str:
@@ -54,24 +65,37 @@ def now_iso() -> str:
 
 @dataclass
 class EnvelopeSettings:
-    """The current settings format."""
+    """The envelope format. `version` 1 files have no MAC; `problems` lists the values
+    that were out of range on load (replaced by safe ones); `loaded_doc` is the document
+    as read, which the MAC is checked against."""
 
     kdf: KdfParams
     verifier: bytes
     wrapped_key: bytes
     auto_lock_s: int = DEFAULT_AUTO_LOCK_S
-    created_at: str = field(default_factory=now_iso)
-    password_changed_at: str = field(default_factory=now_iso)
+    created_at: str | None = field(default_factory=now_iso)
+    password_changed_at: str | None = field(default_factory=now_iso)
     seed_import: bytes | None = None
+    version: int = VERSION
+    mac: bytes | None = None
+    problems: list[str] = field(default_factory=list)
+    loaded_doc: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "schema": SCHEMA, "version": VERSION, "kdf": self.kdf.to_json(),
+    def body(self) -> dict[str, Any]:
+        """Every stored field but the MAC and the checksum."""
+        return {
+            "schema": SCHEMA, "version": self.version, "kdf": self.kdf.to_json(),
             "verifier": _b64(self.verifier), "wrapped_key": _b64(self.wrapped_key),
             "auto_lock_s": self.auto_lock_s, "created_at": self.created_at,
             "password_changed_at": self.password_changed_at,
             "seed_import": _b64(self.seed_import) if self.seed_import else None,
         }  # fmt: skip
+
+    def to_json(self, mac_key: bytes) -> dict[str, Any]:
+        """The version 2 document, authenticated with the settings MAC key."""
+        doc = self.body()
+        doc["version"] = VERSION
+        doc["mac"] = _b64(mac(mac_key, doc))
         doc["checksum"] = checksum(doc)
         return doc
 
@@ -86,17 +110,35 @@ class SeedSettings:
 
 def checksum(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "checksum"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return "sha256:" + hashlib.sha256(_canonical(body)).hexdigest()
 
 
-def wrap_aad(kdf: KdfParams) -> bytes:
+def mac(mac_key: bytes, doc: dict[str, Any]) -> bytes:
+    """HMAC-SHA256 over every field but the MAC and the checksum."""
+    body = {k: v for k, v in doc.items() if k not in ("checksum", "mac")}
+    return hmac.new(mac_key, keys.DOMAIN + b"settings/" + _canonical(body), "sha256").digest()
+
+
+def mac_matches(mac_key: bytes, settings: EnvelopeSettings) -> bool:
+    """Whether a version 2 file's MAC authenticates what was loaded."""
+    if settings.version != VERSION or settings.mac is None or settings.loaded_doc is None:
+        return False
+    return hmac.compare_digest(mac(mac_key, settings.loaded_doc), settings.mac)
+
+
+def fingerprint(kdf: KdfParams) -> str:
+    """A digest of the KDF parameters and salt (public values), to notice edits."""
+    return "sha256:" + hashlib.sha256(_canonical(kdf.to_json())).hexdigest()
+
+
+def wrap_aad(kdf: KdfParams, version: int = VERSION) -> bytes:
     canonical = json.dumps(kdf.to_json(), sort_keys=True, separators=(",", ":"))
-    return keys.DOMAIN + b"wrapped-key/" + canonical.encode("ascii")
+    label = b"wrapped-key/" if version == 1 else b"wrapped-key/v2/"
+    return keys.DOMAIN + label + canonical.encode("ascii")
 
 
 def wrap(master: bytes, data_key: bytes, kdf: KdfParams) -> tuple[bytes, bytes]:
-    """(verifier, wrapped data key) for a password-derived master key."""
+    """(verifier, wrapped data key) for a password-derived master key (version 2)."""
     verifier = keys.hkdf(master, "verifier")
     return verifier, keys.seal(keys.hkdf(master, "wrap"), data_key, wrap_aad(kdf))
 
@@ -105,20 +147,27 @@ def verify(master: bytes, settings: EnvelopeSettings) -> bool:
     return hmac.compare_digest(keys.hkdf(master, "verifier"), settings.verifier)
 
 
-def unwrap(master: bytes, settings: EnvelopeSettings) -> bytes:
-    """The data key, once `verify` has accepted the password."""
-    try:
-        data_key = keys.open_sealed(
-            keys.hkdf(master, "wrap"), settings.wrapped_key, wrap_aad(settings.kdf)
-        )
-    except keys.AuthFailed:
-        raise SettingsCorrupt(
-            "The password is right, but the wrapped key in config/settings.json fails "
-            f"authentication: the file was altered. {RESTORE_HINT}"
-        ) from None
-    if len(data_key) != keys.DATA_KEY_BYTES:
-        raise SettingsCorrupt(f"config/settings.json holds a malformed data key. {RESTORE_HINT}")
-    return data_key
+def unwrap(master: bytes, settings: EnvelopeSettings) -> tuple[bytes, bool]:
+    """(data key, relabelled): relabelled is True when a file that says version 1 holds
+    a key wrapped for version 2, that is, its MAC was stripped. Raises SettingsCorrupt
+    when the key does not open under this master key."""
+    versions = [settings.version] + ([VERSION] if settings.version == 1 else [])
+    for version in versions:
+        try:
+            data_key = keys.open_sealed(
+                keys.hkdf(master, "wrap"), settings.wrapped_key, wrap_aad(settings.kdf, version)
+            )
+        except keys.AuthFailed:
+            continue
+        if len(data_key) != keys.DATA_KEY_BYTES:
+            raise SettingsCorrupt(
+                f"config/settings.json holds a malformed data key. {RESTORE_HINT}"
+            )
+        return data_key, version != settings.version
+    raise SettingsCorrupt(
+        "The password is right, but the wrapped key in config/settings.json fails "
+        f"authentication: the file was altered. {RESTORE_HINT}"
+    )
 
 
 def load(path: Path) -> EnvelopeSettings | SeedSettings:
@@ -142,26 +191,58 @@ def load(path: Path) -> EnvelopeSettings | SeedSettings:
 def _load_envelope(doc: dict[str, Any]) -> EnvelopeSettings:
     if doc.get("schema") != SCHEMA:
         raise _corrupt(f"is not a vault settings file (schema {doc.get('schema')!r})")
-    if doc.get("version") != VERSION:
+    version = doc.get("version")
+    if isinstance(version, bool) or version not in _FIELDS:
         raise _corrupt(
-            f"has version {doc.get('version')!r}; this app reads version {VERSION}. "
+            f"has version {version!r}; this app reads versions 1 and {VERSION}. "
             "It may come from a newer release"
         )
-    if set(doc) != _FIELDS:
-        raise _corrupt(f"has fields {sorted(doc)}; expected {sorted(_FIELDS)}")
+    if set(doc) != _FIELDS[version]:
+        raise _corrupt(f"has fields {sorted(doc)}; expected {sorted(_FIELDS[version])}")
     if not hmac.compare_digest(str(doc["checksum"]), checksum(doc)):
         raise _corrupt("does not match its checksum: it was damaged or edited by hand")
-    kdf = params_from_json(doc["kdf"])
-    auto_lock = doc["auto_lock_s"]
-    if isinstance(auto_lock, bool) or not isinstance(auto_lock, int):
-        raise _corrupt("has a non-integer auto_lock_s")
+    problems: list[str] = []
+    seed = doc["seed_import"]
     return EnvelopeSettings(
-        kdf=kdf, verifier=_unb64(doc["verifier"], "verifier", 32),
-        wrapped_key=_unb64(doc["wrapped_key"], "wrapped_key", keys.NONCE_BYTES + 48),
-        auto_lock_s=auto_lock, created_at=str(doc["created_at"]),
-        password_changed_at=str(doc["password_changed_at"]),
-        seed_import=_unb64(doc["seed_import"], "seed_import") if doc["seed_import"] else None,
+        kdf=params_from_json(doc["kdf"]), verifier=_unb64(doc["verifier"], "verifier", 32),
+        wrapped_key=_unb64(doc["wrapped_key"], "wrapped_key", _SEALED_KEY_BYTES),
+        auto_lock_s=_auto_lock(doc["auto_lock_s"], problems),
+        created_at=_date(doc["created_at"], "created_at", problems),
+        password_changed_at=_date(doc["password_changed_at"], "password_changed_at", problems),
+        seed_import=_unb64(seed, "seed_import", _SEALED_KEY_BYTES) if seed is not None else None,
+        version=version, mac=_unb64(doc["mac"], "mac", 32) if version == 2 else None,
+        problems=problems, loaded_doc=doc,
     )  # fmt: skip
+
+
+def _auto_lock(value: Any, problems: list[str]) -> int:
+    """The stored auto-lock delay when in range, else the default (reported)."""
+    low, high = AUTO_LOCK_LIMITS
+    if not isinstance(value, bool) and isinstance(value, int) and low <= value <= high:
+        return value
+    problems.append(
+        f"config/settings.json holds auto_lock_s = {value!r}, outside {low:,} to {high:,} "
+        f"seconds; the default ({DEFAULT_AUTO_LOCK_S // 60} minutes) is used instead."
+    )
+    return DEFAULT_AUTO_LOCK_S
+
+
+def _date(value: Any, name: str, problems: list[str]) -> str | None:
+    """A stored ISO 8601 UTC time between 2000 and tomorrow, else None (reported)."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    latest = datetime.now(UTC) + timedelta(days=1)
+    if when is not None and when.tzinfo is not None and EARLIEST_DATE <= when <= latest:
+        return value
+    problems.append(
+        f"config/settings.json holds {name} = {value!r}, not a time between 2000 and "
+        "today; it is shown as unknown."
+    )
+    return None
 
 
 def _load_seed(doc: dict[str, Any]) -> SeedSettings:
@@ -177,8 +258,13 @@ def _load_seed(doc: dict[str, Any]) -> SeedSettings:
     return SeedSettings(kdf=kdf, password_hash=password_hash)
 
 
-def save(path: Path, settings: EnvelopeSettings) -> None:
-    atomic_write_json(path, settings.to_json())
+def save(path: Path, settings: EnvelopeSettings, mac_key: bytes) -> None:
+    """Write the settings as version 2, authenticated with the settings MAC key."""
+    atomic_write_json(path, settings.to_json(mac_key))
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _b64(value: bytes) -> str:

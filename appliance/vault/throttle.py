@@ -87,6 +87,11 @@ class Throttle:
         if self.state().failures:
             self._save(ThrottleState())
 
+    def restore(self, state: ThrottleState) -> None:
+        """Put back the state from before `begin_attempt`: the attempt is not counted
+        (used when the settings file, not the password, was found at fault)."""
+        self._save(state)
+
     def _save(self, state: ThrottleState) -> None:
         atomic_write_json(
             self.path, {"failures": state.failures, "last_failure_at": state.last_failure_at}

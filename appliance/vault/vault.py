@@ -9,6 +9,8 @@ vault, and the history files are never touched. Every derivation runs under one 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 import weakref
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from appliance.fsutil import FileLock, sweep_stale_temps
+from appliance.fsutil import FileLock, atomic_write_json, sweep_stale_temps
 from appliance.paths import Paths, current
 from appliance.vault import keys
 from appliance.vault import settings as settings_mod
@@ -42,12 +44,37 @@ from appliance.vault.kdf import (
 )
 from appliance.vault.keys import KeyRing
 from appliance.vault.secrets_store import SecretStore
-from appliance.vault.seed import import_seed_history, seed_chat_files, verify_seed_password
-from appliance.vault.settings import AUTO_LOCK_LIMITS, EnvelopeSettings, SeedSettings, now_iso
+from appliance.vault.seed import (
+    ModelResolver,
+    import_seed_history,
+    seed_chat_files,
+    verify_seed_password,
+)
+from appliance.vault.settings import (
+    AUTO_LOCK_LIMITS,
+    DEFAULT_AUTO_LOCK_S,
+    EnvelopeSettings,
+    SeedSettings,
+    now_iso,
+)
 from appliance.vault.strength import check_new_password
-from appliance.vault.throttle import FREE_ATTEMPTS, Throttle, delay_after
+from appliance.vault.throttle import FREE_ATTEMPTS, Throttle, ThrottleState, delay_after
 
 SEED_AAD = keys.DOMAIN + b"seed-import"
+KDF_CHANGED = (
+    "config/settings.json holds key-derivation parameters (function, cost or salt) other "
+    "than those this vault was last unlocked with, and with them the password does not "
+    "open it: the file was edited or replaced. This attempt was not counted as a wrong "
+    "password. Restore config/settings.json from a backup; if you restored an older copy "
+    "on purpose, use the password that was current when that copy was made."
+)
+SETTINGS_ALTERED = (
+    "config/settings.json was changed outside the app: it no longer matches its "
+    "authentication code. Safe values are used and saved: auto-lock after "
+    f"{DEFAULT_AUTO_LOCK_S // 60} minutes, creation and password-change dates unknown. "
+    "Your password, your key and your history are not affected; check the auto-lock time "
+    "in Settings."
+)
 
 
 class Vault:
@@ -64,6 +91,7 @@ class Vault:
         self.clock = clock
         self._targets = TEST_ONLY if insecure_fast_kdf_for_tests else DEFAULTS
         self._kdf_lock = FileLock(self.paths.config / ".kdf.lock")
+        self._pin_path = self.paths.config / "kdf-pin.json"
         self.throttle = Throttle(self.paths.config / "throttle.json", clock)
         self.secrets = SecretStore(self.paths.config)
         self._sessions: weakref.WeakSet[Unlocked] = weakref.WeakSet()
@@ -96,23 +124,33 @@ class Vault:
                 )
             data_key = keys.new_data_key()
             created = self._wrap(password, data_key, self._targets[kdf].with_new_salt())
-            settings_mod.save(self.settings_path, created)
+            self._save(created, data_key)
         return Unlocked(self, data_key, idle_timeout_s=_idle(idle_timeout_s, created))
 
     # ----------------------------------------------------------------- unlock
-    def unlock(self, password: str, *, idle_timeout_s: float | None = None) -> Unlocked:
+    def unlock(
+        self,
+        password: str,
+        *,
+        idle_timeout_s: float | None = None,
+        resolve_model: ModelResolver | None = None,
+    ) -> Unlocked:
         """Open the vault. Raises Throttled (before any derivation), WrongPassword,
         SettingsCorrupt or VaultNotInitialized. Weak stored KDF parameters (the seed's
-        PBKDF2 480k included) are upgraded on this unlock."""
+        PBKDF2 480k included) are upgraded on this unlock, and the original app's history
+        is imported, filed under the model ids `resolve_model` finds for its file names.
+        What the user should know is left in `notices` and `warnings`."""
         with self._kdf_lock.hold():
-            data_key, stored = self._check_password(password)
+            data_key, stored, warnings = self._check_password(password)
             target = self._targets[stored.kdf.name]
             if stored.kdf.weaker_than(target):
                 stored = self._wrap(password, data_key, target.with_new_salt(), base=stored)
-                settings_mod.save(self.settings_path, stored)
+                self._save(stored, data_key)
             unlocked = Unlocked(self, data_key, idle_timeout_s=_idle(idle_timeout_s, stored))
+            unlocked.warnings += warnings
             if stored.seed_import:
-                self._finish_seed_import(unlocked, stored.seed_import)
+                self._finish_seed_import(unlocked, stored.seed_import, resolve_model)
+            unlocked.warnings += unlocked.history.unreadable_models()
         return unlocked
 
     def throttle_remaining(self) -> float:
@@ -126,12 +164,12 @@ class Vault:
         if kdf is not None:
             _check_kdf_name(kdf)
         with self._kdf_lock.hold():
-            data_key, stored = self._check_password(old)
+            data_key, stored, _ = self._check_password(old)
             target = self._targets[kdf or stored.kdf.name]
             keep = stored.kdf.name == target.name and not stored.kdf.weaker_than(target)
             params = (stored.kdf if keep else target).with_new_salt()
             updated = self._wrap(new, data_key, params, base=stored, password_changed=True)
-            settings_mod.save(self.settings_path, updated)
+            self._save(updated, data_key)
 
     # ----------------------------------------------------------------- settings
     @property
@@ -139,18 +177,28 @@ class Vault:
         loaded = settings_mod.load(self.settings_path)
         return loaded.auto_lock_s if isinstance(loaded, EnvelopeSettings) else 900
 
-    def set_auto_lock_s(self, seconds: int) -> None:
-        """Persist the idle time after which new sessions lock themselves."""
+    def set_auto_lock_s(self, seconds: int, session: Unlocked | None = None) -> None:
+        """Persist the idle time after which new sessions lock themselves. The settings
+        MAC needs the key: `session` (or else any session this object unlocked)."""
         low, high = AUTO_LOCK_LIMITS
         if isinstance(seconds, bool) or not isinstance(seconds, int) or not low <= seconds <= high:
             raise VaultError(
                 f"Auto-lock must be between {low // 60} minute and {high // 3600} hours."
             )
+        session = session or next((s for s in list(self._sessions) if not s.locked), None)
+        if session is None:
+            raise VaultLocked("it must be unlocked to change its settings")
+        mac_key = session._require()["settings"]
         with self._kdf_lock.hold():
             loaded = settings_mod.load(self.settings_path)
             if isinstance(loaded, SeedSettings):
                 raise VaultError("Unlock the vault once (to upgrade it) before changing this.")
-            settings_mod.save(self.settings_path, replace(loaded, auto_lock_s=seconds))
+            if not settings_mod.mac_matches(mac_key, loaded):
+                raise VaultError(
+                    "config/settings.json changed since this session was unlocked; nothing "
+                    "was saved. Lock and unlock again (that checks the file), then retry."
+                )
+            settings_mod.save(self.settings_path, replace(loaded, auto_lock_s=seconds), mac_key)
 
     def status(self) -> dict[str, Any]:
         """State for `appliance vault status` and the UI: no secret, no salt."""
@@ -177,7 +225,7 @@ class Vault:
             out.update(format="seed", kdf_upgrade_pending=True)
             return out
         out.update(
-            format=f"envelope-v{settings_mod.VERSION}",
+            format=f"envelope-v{loaded.version}",
             kdf_upgrade_pending=loaded.kdf.weaker_than(self._targets[loaded.kdf.name]),
             auto_lock_s=loaded.auto_lock_s, created_at=loaded.created_at,
             password_changed_at=loaded.password_changed_at,
@@ -185,24 +233,82 @@ class Vault:
         return out
 
     # ----------------------------------------------------------------- internals
-    def _check_password(self, password: str) -> tuple[bytes, EnvelopeSettings]:
-        """Under the KDF lock: throttle first, then derive. A seed vault is converted to
-        the envelope format here (its history follows on unlock)."""
+    def _check_password(self, password: str) -> tuple[bytes, EnvelopeSettings, list[str]]:
+        """Under the KDF lock: throttle first, then derive. Returns the data key, the
+        authenticated settings and warnings about them. A seed vault is converted to the
+        envelope format here (its history follows on unlock)."""
         if not isinstance(password, str):
             raise TypeError("password must be a str")
         loaded = settings_mod.load(self.settings_path)
+        prior = self.throttle.state()
         self.throttle.begin_attempt()
         if isinstance(loaded, SeedSettings):
             seed_key = verify_seed_password(password, loaded)
             if seed_key is None:
                 self._wrong_password()
             self.throttle.succeeded()
-            return self._convert_seed(password, seed_key)
+            return *self._convert_seed(password, seed_key), []
         master = derive(normalize_password(password), loaded.kdf)
-        if not settings_mod.verify(master, loaded):
-            self._wrong_password()
-        self.throttle.succeeded()
-        return settings_mod.unwrap(master, loaded), loaded
+        data_key, altered = self._open_envelope(master, loaded, prior)
+        settings, warnings = self._authenticate(master, data_key, loaded, altered)
+        self._pin(settings.kdf)
+        return data_key, settings, warnings
+
+    def _open_envelope(
+        self, master: bytes, loaded: EnvelopeSettings, prior: ThrottleState
+    ) -> tuple[bytes, bool]:
+        """(data key, altered); the throttle is reset once the password is proven right.
+        A verifier mismatch is a wrong password, unless the key opens anyway (the
+        verifier was altered) or the KDF parameters are not those of the last unlock
+        (the file was altered: reported, and the attempt not counted)."""
+        if settings_mod.verify(master, loaded):
+            self.throttle.succeeded()
+            return settings_mod.unwrap(master, loaded)
+        with contextlib.suppress(SettingsCorrupt):
+            data_key = settings_mod.unwrap(master, loaded)[0]
+            self.throttle.succeeded()
+            return data_key, True
+        if self._pinned() not in (None, settings_mod.fingerprint(loaded.kdf)):
+            self.throttle.restore(prior)
+            raise SettingsCorrupt(KDF_CHANGED)
+        self._wrong_password()
+
+    def _authenticate(
+        self, master: bytes, data_key: bytes, loaded: EnvelopeSettings, altered: bool
+    ) -> tuple[EnvelopeSettings, list[str]]:
+        """Check the settings MAC. A file from before the MAC gets one; a mismatch falls
+        back to safe values, saved with a new MAC, and a warning. Never raises."""
+        mac_key = keys.hkdf(data_key, "settings")
+        warnings = list(loaded.problems)
+        if not altered and settings_mod.mac_matches(mac_key, loaded):
+            return loaded, warnings
+        if altered or loaded.version == settings_mod.VERSION:
+            warnings = [SETTINGS_ALTERED]
+            loaded = replace(loaded, auto_lock_s=DEFAULT_AUTO_LOCK_S, created_at=None,
+                             password_changed_at=None)  # fmt: skip
+        verifier, wrapped = settings_mod.wrap(master, data_key, loaded.kdf)
+        resealed = replace(loaded, verifier=verifier, wrapped_key=wrapped,
+                           version=settings_mod.VERSION, problems=[])  # fmt: skip
+        self._save(resealed, data_key)
+        return resealed, warnings
+
+    def _save(self, settings: EnvelopeSettings, data_key: bytes) -> None:
+        """Write settings.json with its MAC, and remember its KDF parameters."""
+        settings_mod.save(self.settings_path, settings, keys.hkdf(data_key, "settings"))
+        self._pin(settings.kdf)
+
+    def _pinned(self) -> str | None:
+        """The KDF fingerprint of the last successful unlock (None: not known)."""
+        try:
+            value = json.loads(self._pin_path.read_text("utf-8"))["kdf"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def _pin(self, kdf: KdfParams) -> None:
+        fingerprint = settings_mod.fingerprint(kdf)
+        if self._pinned() != fingerprint:
+            atomic_write_json(self._pin_path, {"kdf": fingerprint})
 
     def _wrong_password(self) -> NoReturn:
         failures = self.throttle.state().failures
@@ -218,7 +324,8 @@ class Vault:
             return EnvelopeSettings(kdf=params, verifier=verifier, wrapped_key=wrapped)
         changed = now_iso() if password_changed else base.password_changed_at
         return replace(base, kdf=params, verifier=verifier, wrapped_key=wrapped,
-                       password_changed_at=changed)  # fmt: skip
+                       password_changed_at=changed, version=settings_mod.VERSION,
+                       problems=[])  # fmt: skip
 
     def _convert_seed(self, password: str, seed_key: bytes) -> tuple[bytes, EnvelopeSettings]:
         data_key = keys.new_data_key()
@@ -227,26 +334,34 @@ class Vault:
         ring.wipe()
         converted = self._wrap(password, data_key, self._targets[ARGON2ID].with_new_salt())
         converted.seed_import = sealed_seed_key
-        settings_mod.save(self.settings_path, converted)
+        self._save(converted, data_key)
         return data_key, converted
 
-    def _finish_seed_import(self, unlocked: Unlocked, sealed_seed_key: bytes) -> None:
-        """Under the KDF lock: move the seed's .chat files into the vault, then forget
-        the seed key. Rerun at the next unlock if interrupted."""
+    def _finish_seed_import(
+        self, unlocked: Unlocked, sealed_seed_key: bytes, resolve_model: ModelResolver | None
+    ) -> None:
+        """Under the KDF lock: bring the seed's .chat files into the vault (each is kept,
+        renamed), then forget the seed key. Rerun at the next unlock if interrupted."""
         ring = unlocked._require()
         try:
             seed_key = keys.open_sealed(ring["seed-import"], sealed_seed_key, SEED_AAD)
         except keys.AuthFailed:
-            raise SettingsCorrupt(
-                f"config/settings.json holds a damaged seed-import key. {settings_mod.RESTORE_HINT}"
-            ) from None
+            unlocked.warnings.append(
+                "The original app's history was not imported: config/settings.json holds a "
+                "damaged seed-import key. Its .chat files in history/ are kept as they are; "
+                "restore config/settings.json from a backup to import them."
+            )
+            return
         notices, warnings = import_seed_history(
-            unlocked.history, ring, seed_key, self.paths.history
+            unlocked.history, ring, seed_key, self.paths.history, resolve_model
         )
-        unlocked.notices += notices + warnings
+        unlocked.notices += notices
+        unlocked.warnings += warnings
         loaded = settings_mod.load(self.settings_path)
         if isinstance(loaded, EnvelopeSettings) and loaded.seed_import:
-            settings_mod.save(self.settings_path, replace(loaded, seed_import=None))
+            settings_mod.save(
+                self.settings_path, replace(loaded, seed_import=None), ring["settings"]
+            )
 
 
 class Unlocked:
@@ -260,7 +375,8 @@ class Unlocked:
     def __init__(self, vault: Vault, data_key: bytes, *, idle_timeout_s: float = 900.0) -> None:
         self.vault = vault
         self.idle_timeout_s = float(idle_timeout_s)
-        self.notices: list[str] = []
+        self.notices: list[str] = []  # what the unlock did (imports), for the user
+        self.warnings: list[str] = []  # what the unlock found wrong, for the user
         self._clock = vault.clock
         self._ring: KeyRing | None = KeyRing(data_key)
         self._last_activity = self._clock()
@@ -295,6 +411,10 @@ class Unlocked:
 
     def idle_remaining_s(self) -> float:
         return max(0.0, self.idle_timeout_s - (self._clock() - self._last_activity))
+
+    def set_auto_lock_s(self, seconds: int) -> None:
+        """Persist the auto-lock time for new sessions (this one keeps its own)."""
+        self.vault.set_auto_lock_s(seconds, self)
 
     # ----------------------------------------------------------------- secrets
     def set_secret(self, name: str, value: str) -> None:
