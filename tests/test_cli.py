@@ -64,8 +64,91 @@ def test_add_in_place_and_link(appliance_home: Path, tmp_path: Path) -> None:
     src = write_gguf(tmp_path / "ext.gguf")
     entry = json.loads(run("models", "add", str(src), "--in-place", "--json").stdout)
     assert (entry["external"], entry["path"]) == (True, str(src))
-    linked = json.loads(run("models", "add", str(src), "--link", "--name", "L", "--json").stdout)
+    linked = json.loads(
+        run(
+            "models", "add", str(src), "--link", "--name", "L", "--allow-duplicate", "--json"
+        ).stdout
+    )
     assert (linked["external"], linked["path"]) == (False, "ext.gguf")
+
+
+def test_remove_hides_and_unhide_restores(appliance_home: Path, tmp_path: Path) -> None:
+    src = write_gguf(tmp_path / "tiny.gguf")
+    run("models", "add", str(src))
+    model = appliance_home / "models" / "tiny.gguf"
+    assert run("models", "remove", "tiny").stdout == (
+        "removed tiny; its files stay at tiny.gguf and it is hidden: scans and the drop-in "
+        "watcher will not add it again. Its chat history is kept. `appliance models unhide "
+        "tiny` brings it back.\n"
+    )
+    assert run("models", "scan").stdout == (
+        "hidden    tiny.gguf (removed earlier; `appliance models hidden` lists it)\n"
+    )
+    assert run("models", "list").stdout == (
+        "No models registered. Copy weights into models/ or run `appliance models add`.\n\n"
+        "1 removed model(s) are hidden: `appliance models hidden` lists them.\n"
+    )
+    hidden = run("models", "hidden").stdout.splitlines()
+    assert hidden[0].split() == ["ID", "NAME", "PATH", "SIZE", "HIDDEN", "SINCE", "FILES"]
+    assert hidden[1].split()[:3] == ["tiny", "tiny", "tiny.gguf"]
+    assert hidden[1].split()[-1] == "unchanged"
+    (record,) = json.loads(run("models", "hidden", "--json").stdout)["hidden"]
+    assert (record["entry"]["id"], record["on_disk"]) == ("tiny", "unchanged")
+    assert run("models", "unhide", "tiny").stdout == (
+        "unhid tiny (tiny); it is back in the library, present, at tiny.gguf.\n"
+    )
+    assert run("models", "hidden").stdout.startswith("No hidden models.")
+    assert model.read_bytes() == src.read_bytes()
+    proc = run("models", "unhide", "tiny", check_rc=1)
+    assert proc.stderr == (
+        "error: No hidden model with id 'tiny'. Run `appliance models hidden` to see the "
+        "hidden ones.\n"
+    )
+
+
+def test_list_and_show_report_a_damaged_model(appliance_home: Path, tmp_path: Path) -> None:
+    run("models", "add", str(write_gguf(tmp_path / "tiny.gguf")))
+    model = appliance_home / "models" / "tiny.gguf"
+    cut = model.read_bytes()[:-100]
+    model.write_bytes(cut)
+    problem = (
+        "Tensor 'output.weight' ends at byte 2,688 but the file has only 2,588 bytes: the file "
+        "is truncated or still being copied. Copy it again from the original."
+    )
+    advice = (
+        "To fix it, put a good copy at models/tiny.gguf, or remove the model "
+        "(`appliance models remove tiny`)."
+    )
+    lines = run("models", "list").stdout.splitlines()
+    assert lines[1].split()[-3:] == ["KiB", "-", "damaged"]  # size, sha256, status
+    assert lines[2:] == ["", f"tiny is damaged: {problem}", advice]
+    shown = run("models", "show", "tiny").stdout.splitlines()
+    assert "status               damaged" in shown
+    assert f"problem              {problem}" in shown
+    assert "sha256               -" in shown
+    assert shown[-1] == advice
+    entry = json.loads(run("models", "show", "tiny", "--json").stdout)
+    assert (entry["status"], entry["problem"], entry["size_bytes"]) == ("damaged", problem, 2588)
+    assert model.read_bytes() == cut
+
+
+def test_add_duplicate_says_so(appliance_home: Path, tmp_path: Path) -> None:
+    first = json.loads(
+        run("models", "add", str(write_gguf(tmp_path / "tiny.gguf")), "--json").stdout
+    )
+    (tmp_path / "b").mkdir()
+    same = tmp_path / "b" / "same.gguf"
+    same.write_bytes((tmp_path / "tiny.gguf").read_bytes())
+    proc = run("models", "add", str(same), check_rc=1)
+    assert proc.stderr == (
+        f"error: same.gguf is already in the library as tiny (id tiny): same sha256 "
+        f"{first['sha256'][:16]}…. Nothing was imported. Use the id tiny (for example "
+        "`appliance chat tiny ...`), or add --allow-duplicate to import a second copy.\n"
+    )
+    assert sorted(p.name for p in (appliance_home / "models").iterdir()) == [
+        ".registry.lock", "registry.json", "tiny.gguf"]  # fmt: skip
+    second = json.loads(run("models", "add", str(same), "--allow-duplicate", "--json").stdout)
+    assert (second["id"], second["sha256"]) == ("same", first["sha256"])
 
 
 def test_scan_and_missing(appliance_home: Path) -> None:

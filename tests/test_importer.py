@@ -38,7 +38,7 @@ def test_copy_reports_progress_and_hash(library: Library, demo_model: Path) -> N
 def test_copy_folder_and_collision(library: Library, tmp_path: Path) -> None:
     folder = make_hf_folder(tmp_path / "tiny-llama")
     first = import_path(library, folder, "copy")
-    second = import_path(library, folder, "copy", name="Tiny again")
+    second = import_path(library, folder, "copy", name="Tiny again", allow_duplicate=True)
     assert (first["id"], first["path"]) == ("tiny-llama", "tiny-llama")
     assert (second["id"], second["path"], second["name"]) == (
         "tiny-again",
@@ -51,6 +51,84 @@ def test_copy_folder_and_collision(library: Library, tmp_path: Path) -> None:
         if p.is_file()
     )
     assert first["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _dup_message(source: str, sha: str) -> str:
+    return (
+        f"{source} is already in the library as model (id model): same sha256 {sha[:16]}…. "
+        "Nothing was imported. Use the existing model."
+    )
+
+
+@pytest.mark.parametrize("mode", ["copy", "link", "in-place"])
+def test_duplicate_is_refused_before_copying(library: Library, tmp_path: Path, mode: str) -> None:
+    first = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
+    (tmp_path / "again").mkdir()
+    same = tmp_path / "again" / "renamed.gguf"
+    same.write_bytes((tmp_path / "model.gguf").read_bytes())
+    before = _visible(library.paths.models)
+    registry = library.paths.registry.read_bytes()
+    with pytest.raises(importer.DuplicateModel) as err:
+        import_path(library, same, mode)
+    assert str(err.value) == _dup_message("renamed.gguf", first["sha256"])
+    assert (err.value.existing["id"], err.value.hidden) == ("model", False)
+    assert _visible(library.paths.models) == before  # no model-2.gguf, no temp file
+    assert library.paths.registry.read_bytes() == registry
+    assert same.exists()
+
+
+def test_duplicate_can_be_imported_when_asked(library: Library, tmp_path: Path) -> None:
+    import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
+    second = import_path(library, tmp_path / "model.gguf", "copy", allow_duplicate=True)
+    assert (second["id"], second["path"]) == ("model-2", "model-2.gguf")
+
+
+def test_same_size_other_bytes_is_not_a_duplicate(library: Library, tmp_path: Path) -> None:
+    a = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
+    other = write_gguf(tmp_path / "other.gguf", name="tinx")
+    assert other.stat().st_size == a["size_bytes"]
+    assert import_path(library, other, "copy")["id"] == "other"
+
+
+def test_duplicate_of_an_entry_still_hashing(library: Library, tmp_path: Path) -> None:
+    """A drop-in whose sha256 is not computed yet is hashed for the comparison."""
+    dropped = write_gguf(library.paths.models / "model.gguf")
+    library.register(dropped)
+    library.hasher.join()
+    with library.registry.transaction() as data:
+        data.get("model")["sha256"] = None  # as if its hash were not done yet
+    with pytest.raises(importer.DuplicateModel):
+        import_path(library, _copy_of(dropped, tmp_path / "copy.gguf"), "copy")
+
+
+def _copy_of(path: Path, dest: Path) -> Path:
+    dest.write_bytes(path.read_bytes())
+    return dest
+
+
+def test_duplicate_of_a_hidden_model_says_to_unhide(library: Library, tmp_path: Path) -> None:
+    entry = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
+    library.remove(entry["id"])
+    with pytest.raises(importer.DuplicateModel) as err:
+        import_path(library, tmp_path / "model.gguf", "copy")
+    assert str(err.value) == (
+        "model.gguf has the same content (sha256) as model (id model), which was removed from "
+        "the library and is hidden. Nothing was imported. Un-hide it to use it again."
+    )
+    assert err.value.hidden is True
+    assert _visible(library.paths.models) == ["model.gguf", "registry.json"]
+
+
+def test_duplicate_upload_is_removed_and_refused(library: Library, tmp_path: Path) -> None:
+    first = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
+    data = (tmp_path / "model.gguf").read_bytes()
+    with Upload(library, "uploaded.gguf", len(data)) as up:
+        up.write(data)
+        with pytest.raises(importer.DuplicateModel) as err:
+            up.commit()
+    assert str(err.value) == _dup_message("uploaded.gguf", first["sha256"])
+    assert _visible(library.paths.models) == ["model.gguf", "registry.json"]
+    assert [e["id"] for e in library.entries()] == ["model"]
 
 
 def test_same_name_gets_distinct_id(library: Library, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import (
@@ -19,8 +18,9 @@ from appliance.errors import (
     NotAModelFile,
     TruncatedModelFile,
 )
-from appliance.library.gguf_header import GGML_TYPE_SIZES
+from appliance.library.gguf_header import GGML_TYPE_SIZES, read_gguf_header
 from appliance.library.inspect import inspect_model
+from appliance.library.model_info import ModelInfo
 from tests.helpers import write_gguf
 
 
@@ -159,30 +159,66 @@ def test_gguf_v1_header(tmp_path: Path) -> None:
     assert (info.gguf_version, info.architecture, info.parameters) == (1, "llama", 0)
 
 
+def _inspect(path: Path) -> ModelInfo | ModelFileError:
+    """What inspection gives: the info, or the user-facing error (anything else raises)."""
+    try:
+        return inspect_model(path)
+    except ModelFileError as exc:
+        return exc
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.binary(max_size=512))
-def test_arbitrary_bytes_never_crash(tmp_path: Path, data: bytes) -> None:
+@given(st.integers(min_value=0, max_value=4), st.binary(max_size=512))
+@example(version=3, data=bytes(16))  # no tensors, no metadata: a valid, empty header
+@example(version=2, data=bytes(16) + b"junk")
+@example(version=1, data=bytes(8))
+def test_arbitrary_bytes_never_crash(tmp_path: Path, version: int, data: bytes) -> None:
+    """Any bytes after the magic and a version (0 and 4 are unknown) are either refused
+    with a message naming the file, or read into consistent metadata."""
     path = tmp_path / "fuzz.gguf"
-    path.write_bytes(b"GGUF" + data)
-    try:
-        inspect_model(path)
-    except ModelFileError as exc:
-        assert str(exc).startswith("fuzz.gguf")
+    path.write_bytes(b"GGUF" + struct.pack("<I", version) + data)
+    outcome = _inspect(path)
+    if isinstance(outcome, ModelFileError):
+        assert str(outcome).startswith("fuzz.gguf: ")
+        assert len(str(outcome)) < 400
+        return
+    assert version in (1, 2, 3) and outcome.gguf_version == version
+    assert (outcome.format, outcome.size_bytes) == ("gguf", len(data) + 8)
+    assert outcome.tensor_count is not None and 0 <= outcome.tensor_count <= len(data)
+    assert outcome.parameters is not None and outcome.parameters >= 0
+    if outcome.tensor_count == 0:
+        assert outcome.parameters == 0
+        assert "The file has no tensors: it holds metadata only (a vocab file?)." in outcome.notes
 
 
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.integers(min_value=0, max_value=927), st.integers(min_value=0, max_value=255))
+@given(st.integers(min_value=0, max_value=4095), st.integers(min_value=0, max_value=255))
+@example(offset=2687, value=0x55)  # the last byte of the tensor data
+@example(offset=500, value=0x55)  # inside the first tensor's data
+@example(offset=20, value=0xFF)  # the metadata count
 def test_flipped_byte_in_small_gguf(tmp_path: Path, offset: int, value: int) -> None:
+    """A flipped byte in the header is refused with a message naming the file, or read;
+    one in the tensor data changes nothing that inspection reports."""
     path = write_gguf(tmp_path / "flip.gguf")
+    original = inspect_model(path)
+    data_offset = read_gguf_header(path).data_offset
     raw = bytearray(path.read_bytes())
-    raw[offset % len(raw)] = value
+    at = offset % len(raw)
+    raw[at] = value
     path.write_bytes(bytes(raw))
-    with contextlib.suppress(ModelFileError):
-        inspect_model(path)
+    outcome = _inspect(path)
+    if at >= data_offset:
+        assert outcome == original
+    elif isinstance(outcome, ModelFileError):
+        assert str(outcome).startswith("flip.gguf: ")
+    else:
+        assert (outcome.format, outcome.size_bytes) == ("gguf", len(raw))
+        assert outcome.tensor_count is not None and outcome.tensor_count <= len(raw)
+        assert outcome.parameters is not None and outcome.parameters >= 0
 
 
 def test_demo_model_geometry(demo_model: Path) -> None:

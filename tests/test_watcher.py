@@ -181,6 +181,75 @@ def test_move_while_down_is_followed(library: Library) -> None:
 def test_symlinks_are_not_followed(
     watcher: DropInWatcher, library: Library, tmp_path: Path
 ) -> None:
+    """The link is ignored while a real file dropped after it is registered: the watcher
+    is alive and saw both, so the link's absence means it was skipped, not missed."""
     (library.paths.models / "link.gguf").symlink_to(write_gguf(tmp_path / "real.gguf"))
-    time.sleep(2.5)
-    assert library.entries() == []
+    write_gguf(library.paths.models / "plain.gguf")
+    assert wait_for(lambda: by_path(library, "plain.gguf")), "the watcher registered nothing"
+    time.sleep(0.5)  # the link was created first: it would be registered by now
+    assert [e["path"] for e in library.entries()] == ["plain.gguf"]
+    assert [e.path for e in watcher.events] == ["plain.gguf"]
+
+
+def _events_for(watcher: DropInWatcher, rel: str) -> list[str]:
+    """The log lines about rel, without their time stamp."""
+    return [e.line()[9:] for e in watcher.events if e.path == rel]
+
+
+def test_removed_model_is_not_registered_again(watcher: DropInWatcher, library: Library) -> None:
+    models = library.paths.models
+    write_gguf(models / "gone.gguf")
+    entry = wait_for(lambda: by_path(library, "gone.gguf"))
+    assert wait_for(lambda: library.get(entry["id"])["sha256"])
+    data = (models / "gone.gguf").read_bytes()
+    library.remove(entry["id"])
+    later = time.time() + 5
+    os.utime(models / "gone.gguf", (later, later))  # same bytes, new mtime: an event on it
+    write_gguf(models / "other.gguf")  # and an event on the folder
+    assert wait_for(lambda: by_path(library, "other.gguf"))
+    time.sleep(0.5)
+    assert [e["path"] for e in library.entries()] == ["other.gguf"]
+    assert (models / "gone.gguf").read_bytes() == data
+    assert _events_for(watcher, "gone.gguf") == [
+        f"registered gone.gguf: id {entry['id']}, llama.cpp",
+        f"hidden     gone.gguf: id {entry['id']} was removed from the library and stays hidden; "
+        f"unhide it to add it again (`appliance models unhide {entry['id']}`)",
+    ]
+    library.unhide(entry["id"])
+    assert library.get(entry["id"])["status"] == "present"
+
+
+def test_each_rejected_drop_in_is_reported_once(watcher: DropInWatcher, library: Library) -> None:
+    """Later drop-ins do not repeat the rejection, and the name is not printed twice."""
+    models = library.paths.models
+    (models / "text.gguf").write_text("not a model")
+    assert wait_for(lambda: _events_for(watcher, "text.gguf"))
+    for name in ("a", "b"):
+        write_gguf(models / f"{name}.gguf")
+        assert wait_for(lambda name=name: by_path(library, f"{name}.gguf"))
+    time.sleep(0.5)
+    assert _events_for(watcher, "text.gguf") == [
+        "rejected   text.gguf: This file does not start with the GGUF magic number."
+    ]
+    assert (models / "text.gguf").read_text() == "not a model"
+
+
+def test_truncated_registered_file_is_marked_damaged(
+    watcher: DropInWatcher, library: Library
+) -> None:
+    models = library.paths.models
+    data = write_gguf(models / "cut.gguf").read_bytes()
+    entry = wait_for(lambda: by_path(library, "cut.gguf"))
+    (models / "cut.gguf").write_bytes(data[:-100])
+    damaged = wait_for(lambda: library.get(entry["id"])["status"] == "damaged")
+    assert damaged, "the truncated file still shows as present"
+    problem = (
+        "Tensor 'output.weight' ends at byte 2,688 but the file has only 2,588 bytes: the file "
+        "is truncated or still being copied. Copy it again from the original."
+    )
+    now = library.get(entry["id"])
+    assert (now["problem"], now["size_bytes"], now["sha256"]) == (problem, 2588, None)
+    assert f"damaged    cut.gguf: id {entry['id']}: {problem}" in _events_for(watcher, "cut.gguf")
+    (models / "cut.gguf").write_bytes(data)
+    assert wait_for(lambda: library.get(entry["id"])["status"] == "present")
+    assert len(library.entries()) == 1

@@ -4,6 +4,11 @@ A copy is chunked, reports progress, computes sha256 on the fly, and is written 
 a hidden temp name (which the watcher ignores) that is renamed into place only when
 complete. Free space is checked first; a copy that still fills the disk removes its
 temp file and registers nothing. Target names that would escape models/ are refused.
+
+A model whose sha256 is already in the library (or belongs to a hidden model) is not
+imported twice: `DuplicateModel` names the existing entry, and nothing is copied unless
+the caller passes allow_duplicate=True. Only files of the same size are hashed for this,
+so an import of a new model reads its source once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.errors import DiskFull, ImportRefused, ModelFileError
+from appliance.library.hashing import sha256_path
 from appliance.library.inspect import MODEL_SUFFIXES, inspect_model
 from appliance.library.library import Library, is_ignored_name
 
@@ -26,6 +32,63 @@ CHUNK = 8 << 20
 SPACE_MARGIN = 64 << 20  # keep this much free after a copy
 MODES = ("copy", "link", "in-place")
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class DuplicateModel(ImportRefused):
+    """The model is in the library already (same sha256); nothing was imported.
+
+    `existing` is that entry; `hidden` says it was removed with its files kept, so the
+    way to use it is to un-hide it. `fact` is the message without the advice, for
+    callers that offer their own (a button, a command).
+    """
+
+    def __init__(self, source_name: str, existing: dict[str, Any], hidden: bool) -> None:
+        self.existing = existing
+        self.hidden = hidden
+        ref = f"{existing['name']} (id {existing['id']})"
+        if hidden:
+            self.fact = (
+                f"{source_name} has the same content (sha256) as {ref}, which was removed from "
+                "the library and is hidden. Nothing was imported."
+            )
+            advice = "Un-hide it to use it again."
+        else:
+            self.fact = (
+                f"{source_name} is already in the library as {ref}: same sha256 "
+                f"{existing['sha256'][:16]}…. Nothing was imported."
+            )
+            advice = "Use the existing model."
+        super().__init__(f"{self.fact} {advice}")
+
+
+def find_duplicate(
+    library: Library, source: Path, size: int, sha256: str | None = None
+) -> DuplicateModel | None:
+    """The library entry or hidden model with the same bytes as source, as an error.
+
+    Only entries whose files are on disk count (re-importing a missing model is how it
+    comes back). Entries of another size cannot match, so source is hashed (unless
+    sha256 is given) only when one has the same size. The entry at source itself is not
+    a duplicate of source.
+    """
+    data = library.registry.load()
+    known = [(e, False) for e in data.models.values()] + [(r["entry"], True) for r in data.hidden]
+    same_size = [
+        (entry, hidden)
+        for entry, hidden in known
+        if not library.is_remote(entry)
+        and entry["size_bytes"] == size
+        and (hidden or library.resolve(entry) != source)
+        and library.resolve(entry).exists()
+    ]
+    if not same_size:
+        return None
+    digest = sha256 or sha256_path(source)
+    for entry, hidden in same_size:
+        theirs = entry["sha256"] or sha256_path(library.resolve(entry))
+        if theirs == digest:
+            return DuplicateModel(source.name, {**entry, "sha256": theirs}, hidden)
+    return None
 
 
 def safe_target_name(library: Library, name: str) -> Path:
@@ -67,13 +130,20 @@ def import_path(
     backend: str | None = None,
     architecture: str | None = None,
     progress: Progress | None = None,
+    allow_duplicate: bool = False,
 ) -> dict[str, Any]:
-    """Import a model file or Hugging Face folder from a server-side path."""
+    """Import a model file or Hugging Face folder from a server-side path.
+
+    Raises DuplicateModel, before copying anything, when the library already holds the
+    same bytes, unless allow_duplicate.
+    """
     if mode not in MODES:
         raise ImportRefused(f"Unknown import mode {mode!r}; use copy, link or in-place.")
     source = Path(os.path.abspath(Path(source).expanduser()))
     info = inspect_model(source)  # refuses bad or unsafe files before any byte is copied
     library.check_backend(info, backend)
+    if not allow_duplicate and (dup := find_duplicate(library, source, info.size_bytes)):
+        raise dup
     options = {"name": name, "backend": backend, "architecture": architecture}
     if mode == "in-place":
         inside = library.relative(source) is not None
@@ -237,7 +307,8 @@ class Upload:
         self._digest.update(chunk)
         self.received += len(chunk)
 
-    def commit(self, **options: Any) -> dict[str, Any]:
+    def commit(self, allow_duplicate: bool = False, **options: Any) -> dict[str, Any]:
+        """Check the received file and register it; a duplicate is removed and refused."""
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
@@ -251,9 +322,16 @@ class Upload:
         except ImportRefused:
             self.abort()
             raise
+        digest = self._digest.hexdigest()
+        dup = None if allow_duplicate else find_duplicate(
+            self.library, self.tmp, info.size_bytes, digest
+        )  # fmt: skip
+        if dup is not None:
+            self.abort()
+            raise DuplicateModel(self.target.name, dup.existing, dup.hidden)
         target = free_name(self.target)
         _commit(self.tmp, target)
-        return self.library.register(target, sha256=self._digest.hexdigest(), **options)
+        return self.library.register(target, sha256=digest, **options)
 
     def abort(self) -> None:
         if self._fh is not None:

@@ -2,12 +2,18 @@
 
 It knows what is on disk and never loads a model. Every change goes through a registry
 transaction, so the CLI, the app and the watcher can work on the same folder at once.
+
+Removing a model without deleting its files hides it: scans and the watcher skip a file
+that matches a hidden entry (same path and size, and same mtime or sha256) until the
+user un-hides it. An entry whose file changed size or mtime is read again; one that no
+longer reads is marked "damaged" with the reason.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from appliance import sampling
-from appliance.errors import ImportRefused, UnknownModel
+from appliance.errors import ImportRefused, ModelFileError, UnknownModel
 from appliance.fsutil import sweep_stale_temps
 from appliance.library.hashing import Hasher, sha256_path
 from appliance.library.inspect import inspect_model
 from appliance.library.model_info import BACKENDS, ModelInfo
-from appliance.library.registry import Registry, now_iso
+from appliance.library.registry import Registry, RegistryData, now_iso
 from appliance.paths import Paths, current
 
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".aria2", "~")
@@ -42,14 +48,68 @@ def is_ignored_name(name: str) -> bool:
     return name.startswith(".") or lower.endswith(PARTIAL_SUFFIXES) or ".corrupt-" in lower
 
 
+def problem_text(name: str, message: str) -> str:
+    """An inspection error without its leading "<file name>: " (the caller shows the path)."""
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    """(file count, total size, newest mtime) of a file or folder; None if it is gone."""
+    try:
+        if path.is_dir():
+            stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+            return (
+                len(stats),
+                sum(s.st_size for s in stats),
+                max((s.st_mtime_ns for s in stats), default=0),
+            )
+        stat = path.stat()
+        return (1, stat.st_size, stat.st_mtime_ns)
+    except FileNotFoundError:
+        return None
+
+
+def disk_size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (as inspection counts them)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 @dataclass
 class ScanReport:
     added: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)
+    hidden: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     busy: list[Path] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        """Whether the scan found anything to report."""
+        return any((self.added, self.missing, self.restored, self.moved, self.updated,
+                    self.damaged, self.hidden, self.rejected))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DropInProblem:
+    """A file or folder in models/ that is not in the library because it cannot be used."""
+
+    path: str  # relative to models/
+    reason: str
+
+
+@dataclass(frozen=True)
+class HiddenModel:
+    """A model removed from the library whose files were kept."""
+
+    entry: dict[str, Any]
+    hidden_at: str
+    on_disk: str  # "unchanged", "changed" or "missing"
 
 
 class Library:
@@ -59,6 +119,8 @@ class Library:
         self.paths = (paths or current()).ensure()
         self.registry = Registry(self.paths.registry)
         self.hasher = Hasher(self._hash_entry)
+        self._problems: dict[Path, tuple[tuple | None, str | None]] = {}
+        self._problems_lock = threading.Lock()
         sweep_stale_temps(self.paths.models)
 
     # -- reading -----------------------------------------------------------------
@@ -86,11 +148,182 @@ class Library:
 
     def is_current(self, path: Path) -> bool:
         """Whether path is registered, present, and unchanged since (same size and mtime)."""
-        rel = self.relative(path)
-        entry = self.registry.load().find_by_path(rel if rel is not None else str(path))
+        entry = self.entry_at(path)
         if entry is None or entry["status"] != "present" or not path.exists():
             return False
         return entry.get("mtime") == _mtime(path)
+
+    def entry_at(self, path: Path) -> dict[str, Any] | None:
+        """The registered entry whose files are at path, if any."""
+        return self.registry.load().find_by_path(self._key(path))
+
+    def _key(self, path: Path) -> str:
+        """path as the registry stores it: relative inside models/, else absolute."""
+        rel = self.relative(path)
+        return rel if rel is not None else os.path.abspath(path)
+
+    # -- hidden models -----------------------------------------------------------------
+    def hidden(self) -> list[HiddenModel]:
+        """Models removed with their files kept, and whether those files are still there."""
+        return [
+            HiddenModel(dict(r["entry"]), r["hidden_at"], self._on_disk(r["entry"]))
+            for r in self.registry.load().hidden
+        ]
+
+    def _on_disk(self, entry: dict[str, Any]) -> str:
+        path = self.resolve(entry)
+        if not path.exists():
+            return "missing"
+        same = (disk_size(path), _mtime(path)) == (entry["size_bytes"], entry.get("mtime"))
+        return "unchanged" if same else "changed"
+
+    def hidden_match(self, path: Path) -> dict[str, Any] | None:
+        """The hidden entry that path still is (same path and size, same mtime or sha256).
+
+        A different file dropped at the same path is not a match: it is a new model.
+        """
+        key = self._key(path)
+        for record in self.registry.load().hidden:
+            entry = record["entry"]
+            if entry["path"] != key or not path.exists():
+                continue
+            if disk_size(path) != entry["size_bytes"]:
+                continue
+            mtime = _mtime(path)
+            if entry.get("mtime") == mtime:
+                return entry
+            if entry["sha256"] and sha256_path(path) == entry["sha256"]:
+                self._remember_hidden_mtime(entry["id"], mtime)
+                return entry
+        return None
+
+    def _remember_hidden_mtime(self, model_id: str, mtime: int) -> None:
+        """Same bytes, new mtime (copied back): store it so the next check needs no hash."""
+        with self.registry.transaction() as data:
+            record = data.find_hidden(model_id)
+            if record is not None:
+                record["entry"]["mtime"] = mtime
+
+    def unhide(self, model_id: str) -> dict[str, Any]:
+        """Put a hidden model back in the library, with its id, name and defaults."""
+        with self.registry.transaction() as data:
+            record = data.find_hidden(model_id)
+            if record is None:
+                raise UnknownModel(
+                    f"No hidden model with id {model_id!r}. Run `appliance models hidden` to "
+                    "see the hidden ones."
+                )
+            entry = record["entry"]
+            other = data.find_by_path(entry["path"])
+            if other is not None:
+                raise ImportRefused(
+                    f"{entry['path']} now holds another model, {other['name']} (id "
+                    f"{other['id']}), added after {model_id} was hidden, so {model_id}'s own "
+                    "file is no longer there. Nothing was changed."
+                )
+            data.hidden.remove(record)
+            data.models[model_id] = entry
+        entry, _ = self.recheck(model_id)
+        if entry["sha256"] is None and entry["status"] == "present":
+            self.hasher.submit(model_id)
+        return entry
+
+    # -- stale entries ---------------------------------------------------------------------
+    def recheck(self, model_id: str) -> tuple[dict[str, Any], str | None]:
+        """Compare an entry with its files; re-read them if their size or mtime changed.
+
+        Returns the entry and what changed: None, "missing", "restored", "updated" or
+        "damaged" (the entry's "problem" then says why).
+        """
+        entry = self.get(model_id)
+        if self.is_remote(entry):
+            return entry, None
+        path = self.resolve(entry)
+        if not path.exists():
+            if entry["status"] == "missing":
+                return entry, None
+            return self._set_fields(model_id, status="missing", problem=None), "missing"
+        size, mtime = disk_size(path), _mtime(path)
+        same = (size, mtime) == (entry["size_bytes"], entry.get("mtime"))
+        if same and entry["status"] != "missing":
+            return entry, None
+        try:
+            info = inspect_model(path)
+        except (ModelFileError, OSError) as exc:
+            damaged = self._set_fields(
+                model_id, status="damaged", problem=problem_text(path.name, str(exc)),
+                size_bytes=size, mtime=mtime, sha256=None,
+            )  # fmt: skip
+            return damaged, "damaged"
+        was_missing = entry["status"] == "missing"
+        entry = self.register(path, info=info, external=entry["external"])
+        return entry, "restored" if was_missing else "updated"
+
+    def _set_fields(self, model_id: str, **values: Any) -> dict[str, Any]:
+        """Set fields of one entry (a None "problem" removes it); return the entry."""
+        with self.registry.transaction() as data:
+            entry = data.get(model_id)
+            entry.update(values)
+            if entry.get("problem") is None:
+                entry.pop("problem", None)
+            return dict(entry)
+
+    def refresh(self, settle_s: float = 0.0) -> ScanReport:
+        """Recheck every entry against its files (see recheck); report what changed.
+
+        An entry whose files changed less than settle_s ago is left alone and listed in
+        `busy`: it may still be being written.
+        """
+        report = ScanReport()
+        for entry in self.entries():
+            if self.is_remote(entry):
+                continue
+            path = self.resolve(entry)
+            if settle_s and path.exists() and time.time() - _mtime(path) / 1e9 < settle_s:
+                report.busy.append(path)
+                continue
+            entry, change = self.recheck(entry["id"])
+            if change == "damaged":
+                report.damaged[entry["id"]] = entry["problem"]
+            elif change is not None:
+                getattr(report, change).append(entry["id"])
+        return report
+
+    # -- drop-ins that cannot be used ---------------------------------------------------
+    def rejected_drop_ins(self, settle_s: float = 2.0) -> list[DropInProblem]:
+        """Candidates in models/ that are not registered because they do not read as models.
+
+        Hidden models read fine and are not listed here. A file changed less than
+        settle_s ago may still be copying and is left out. Results are kept per file
+        until its size or mtime changes.
+        """
+        registered = {self.resolve(e) for e in self.entries()}
+        found: list[DropInProblem] = []
+        for candidate in self.candidates():
+            if candidate in registered:
+                continue
+            sig = signature(candidate)
+            if sig is None or time.time() - sig[2] / 1e9 < settle_s:
+                continue
+            reason = self._problem_of(candidate, sig)
+            if reason is not None:
+                found.append(DropInProblem(self.relative(candidate) or str(candidate), reason))
+        return found
+
+    def _problem_of(self, candidate: Path, sig: tuple) -> str | None:
+        """Why candidate cannot be read as a model (None if it can); cached by signature."""
+        with self._problems_lock:
+            cached = self._problems.get(candidate)
+        if cached is not None and cached[0] == sig:
+            return cached[1]
+        try:
+            inspect_model(candidate)
+            reason = None
+        except (ModelFileError, OSError) as exc:
+            reason = problem_text(candidate.name, str(exc))
+        with self._problems_lock:
+            self._problems[candidate] = (sig, reason)
+        return reason
 
     # -- changing ------------------------------------------------------------------
     def register(
@@ -131,6 +364,7 @@ class Library:
             if backend_choice is None and entry.get("backend") in COMPATIBLE[info.format]:
                 backend = entry["backend"]
             entry.update(_entry_fields(info, stored, external, backend, mtime))
+            entry.pop("problem", None)
             entry.update(kept)
             if architecture:
                 entry.update(architecture=architecture, architecture_source="user")
@@ -190,7 +424,12 @@ class Library:
             return dict(entry)
 
     def remove(self, model_id: str, delete_files: bool = False) -> dict[str, Any]:
-        """Drop the entry. Weights are deleted only with delete_files, and only in models/."""
+        """Take the model out of the library.
+
+        Weights are deleted only with delete_files, and only in models/. Without it the
+        files stay and the entry is hidden: scans and the watcher do not add it again
+        until `unhide`. A remote model has no files and is simply dropped.
+        """
         with self.registry.transaction() as data:
             entry = data.get(model_id)
             if delete_files and entry["external"]:
@@ -200,6 +439,11 @@ class Library:
                     "the files yourself if you mean to."
                 )
             del data.models[model_id]
+            hide = not delete_files and not self.is_remote(entry)
+            if hide:
+                data.hidden.append({"hidden_at": now_iso(), "entry": entry})
+        if hide and entry["sha256"] is None:
+            self.hasher.submit(model_id)
         target = self.resolve(entry)
         if delete_files and (target.exists() or target.is_symlink()):
             if target.is_dir() and not target.is_symlink():
@@ -270,9 +514,10 @@ class Library:
                 found.append(child)
 
     def scan(self, settle_s: float = 0.0) -> ScanReport:
-        """Bring the registry in line with models/: register new, mark missing, restore."""
-        report = ScanReport()
-        self._refresh_statuses(report)
+        """Bring the registry in line with models/: register new, mark missing, restore,
+        re-read changed files; hidden models are skipped."""
+        self.registry.ensure()
+        report = self.refresh(settle_s)
         registered = {self.resolve(e) for e in self.entries()}
         for candidate in self.candidates():
             if candidate in registered:
@@ -280,8 +525,12 @@ class Library:
             if settle_s and time.time() - _mtime(candidate) / 1e9 < settle_s:
                 report.busy.append(candidate)
                 continue
+            if self.hidden_match(candidate) is not None:
+                report.hidden.append(self.relative(candidate) or str(candidate))
+                continue
             self._scan_new(candidate, report)
-        for entry in self.entries():
+        data = self.registry.load()
+        for entry in [*data.models.values(), *(r["entry"] for r in data.hidden)]:
             if (
                 entry["sha256"] is None
                 and entry["status"] == "present"
@@ -290,25 +539,12 @@ class Library:
                 self.hasher.submit(entry["id"])
         return report
 
-    def _refresh_statuses(self, report: ScanReport) -> None:
-        with self.registry.transaction() as data:
-            for entry in data.models.values():
-                if self.is_remote(entry):
-                    continue
-                exists = self.resolve(entry).exists()
-                if entry["status"] == "present" and not exists:
-                    entry["status"] = "missing"
-                    report.missing.append(entry["id"])
-                elif entry["status"] == "missing" and exists:
-                    entry["status"] = "present"
-                    report.restored.append(entry["id"])
-
     def _scan_new(self, candidate: Path, report: ScanReport) -> None:
         rel = self.relative(candidate) or str(candidate)
         try:
             info = inspect_model(candidate)
         except Exception as exc:
-            report.rejected[rel] = str(exc)
+            report.rejected[rel] = problem_text(candidate.name, str(exc))
             return
         missing = {e["id"] for e in self.entries() if e["status"] == "missing"}
         entry = self.register(candidate, info=info)
@@ -348,19 +584,31 @@ class Library:
         return backend
 
     def _hash_entry(self, model_id: str) -> None:
-        try:
-            entry = self.get(model_id)
-        except UnknownModel:
+        """Fill in the sha256 of an entry, or of a hidden one (removed before its hash was
+        done: the hash is what recognises its file when it is copied back)."""
+        entry = _active_or_hidden(self.registry.load(), model_id)
+        if entry is None:
             return
         path = self.resolve(entry)
-        if entry["sha256"] or not path.exists():
+        if entry["sha256"] or entry["status"] != "present" or not path.exists():
             return
         mtime = _mtime(path)
+        if entry["mtime"] != mtime:
+            return  # changed since it was read: recheck reads it again first
         digest = sha256_path(path)
         with self.registry.transaction() as data:
-            current_entry = data.models.get(model_id)
-            if current_entry and current_entry["path"] == entry["path"] and _mtime(path) == mtime:
-                current_entry["sha256"] = digest
+            now = _active_or_hidden(data, model_id)
+            same_file = now is not None and now["path"] == entry["path"] and now["mtime"] == mtime
+            if same_file and now["status"] == "present" and _mtime(path) == mtime:
+                now["sha256"] = digest
+
+
+def _active_or_hidden(data: RegistryData, model_id: str) -> dict[str, Any] | None:
+    """The entry of model_id, in the library or hidden (None if neither)."""
+    if model_id in data.models:
+        return data.models[model_id]
+    record = data.find_hidden(model_id)
+    return record["entry"] if record else None
 
 
 def normalize_base_url(base_url: str) -> str:

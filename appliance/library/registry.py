@@ -5,6 +5,10 @@ threads and processes, re-reads the file, lets the caller change the entries, an
 writes the result atomically. A registry that cannot be read is never overwritten:
 loading raises RegistryCorrupt naming the problem, and a copy of the bad file is kept
 beside it. `repair()` is the only way to rebuild, and it lists what it could not keep.
+
+Besides `models`, the document holds `hidden`: entries the user removed while keeping
+their files, each with the date it was hidden, so that scans and the drop-in watcher do
+not add them again. A file without `hidden` (written before it existed) reads as none.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from appliance.library.model_info import BACKENDS, FORMATS
 
 SCHEMA = "offline-llm-switcher/registry"
 VERSION = 1
-STATUSES = ("present", "missing")
+STATUSES = ("present", "missing", "damaged")
 METADATA_KEYS = (
     "model_name", "parameters", "quantization", "dtype", "context_length", "chat_template",
     "tokenizer", "gguf_version", "ggml_variant", "shards", "tensor_count", "layers",
@@ -55,11 +59,14 @@ class RegistryData:
     """The registry's entries by id, in insertion order."""
 
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hidden: list[dict[str, Any]] = field(default_factory=list)
 
     def new_id(self, name: str) -> str:
+        """A free id for name; ids of hidden models stay reserved (their history uses them)."""
         base = slugify(name)
+        taken = set(self.models) | {record["entry"]["id"] for record in self.hidden}
         candidate, n = base, 2
-        while candidate in self.models:
+        while candidate in taken:
             candidate, n = f"{base}-{n}", n + 1
         return candidate
 
@@ -74,14 +81,19 @@ class RegistryData:
     def find_by_path(self, path: str) -> dict[str, Any] | None:
         return next((e for e in self.models.values() if e["path"] == path), None)
 
+    def find_hidden(self, model_id: str) -> dict[str, Any] | None:
+        """The hidden record ({"hidden_at", "entry"}) of model_id, or None."""
+        return next((r for r in self.hidden if r["entry"]["id"] == model_id), None)
+
     def to_json(self) -> dict[str, Any]:
         models = [_ordered(entry) for entry in self.models.values()]
-        return {"schema": SCHEMA, "version": VERSION, "models": models}
+        hidden = [{"hidden_at": r["hidden_at"], "entry": _ordered(r["entry"])} for r in self.hidden]
+        return {"schema": SCHEMA, "version": VERSION, "models": models, "hidden": hidden}
 
 
 ENTRY_ORDER = (
     "id", "name", "path", "external", "format", "backend", "architecture",
-    "architecture_source", "size_bytes", "mtime", "sha256", "added_at", "status",
+    "architecture_source", "size_bytes", "mtime", "sha256", "added_at", "status", "problem",
     "metadata", "defaults",
 )  # fmt: skip
 
@@ -127,10 +139,15 @@ class Registry:
         """Lock, re-read, let the caller change the data, then write it atomically."""
         with self.lock.hold():
             data = self.load()
-            before = copy.deepcopy(data.models)
+            before = copy.deepcopy((data.models, data.hidden))
             yield data
-            if data.models != before or not self.path.exists():
+            if (data.models, data.hidden) != before or not self.path.exists():
                 self.save(data)
+
+    def ensure(self) -> None:
+        """Write an empty registry when there is none yet (an existing one is not touched)."""
+        with self.transaction():
+            pass
 
     def save(self, data: RegistryData) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +216,29 @@ def parse(doc: Any) -> tuple[RegistryData, list[str]]:
             problems.append(f"models[{index}]: the id {clean['id']!r} is used twice")
             continue
         data.models[clean["id"]] = clean
+    _parse_hidden(doc.get("hidden", []), data, problems)
     return data, problems
+
+
+def _parse_hidden(hidden: Any, data: RegistryData, problems: list[str]) -> None:
+    """Validate the hidden records into data.hidden; name each one that is not valid."""
+    if not isinstance(hidden, list):
+        problems.append("'hidden' is not a list")
+        return
+    for index, record in enumerate(hidden):
+        where = f"hidden[{index}]"
+        if not isinstance(record, dict) or not isinstance(record.get("hidden_at"), str):
+            problems.append(f"{where}: expected an object with 'hidden_at' and 'entry'")
+            continue
+        try:
+            entry = validate_entry(record.get("entry"))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if entry["id"] in data.models or data.find_hidden(entry["id"]):
+            problems.append(f"{where}: the id {entry['id']!r} is used twice")
+            continue
+        data.hidden.append({"hidden_at": record["hidden_at"], "entry": entry})
 
 
 def validate_entry(entry: Any) -> dict[str, Any]:
@@ -217,6 +256,9 @@ def validate_entry(entry: Any) -> dict[str, Any]:
     _require(entry, "size_bytes", int, lambda v: v >= 0, "a size in bytes", label)
     _require(entry, "status", str, lambda v: v in STATUSES, f"one of {STATUSES}", label)
     _require(entry, "added_at", str, bool, "a date", label)
+    problem = entry.get("problem")
+    if entry["status"] == "damaged" and not (isinstance(problem, str) and problem):
+        raise ValueError(f"{label}: a damaged entry needs a 'problem' saying what is wrong")
     if entry["format"] == "openai" or entry["backend"] == "openai":
         _check_remote(entry, label)
     sha = entry.get("sha256")

@@ -6,7 +6,10 @@ shares). Events only mark a candidate (a model file or a Hugging Face folder) as
 pending; a checker thread registers it once its size and mtime have not changed for
 `settle_s` seconds and its header proves it complete (a half-copied GGUF or
 safetensors file fails the bounds check and stays pending). Partial and hidden names
-are ignored; a deletion marks the entry missing; a move updates its path.
+are ignored; a deletion marks the entry missing; a move updates its path. A registered
+file that changed is read again (and marked damaged if it no longer reads); a file the
+user removed from the library (hidden) is not added again. Each outcome is reported
+once per version of the file: events on other files do not repeat it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from appliance.errors import ApplianceError, TruncatedModelFile
-from appliance.library.library import DROP_IN_SUFFIXES, Library, is_ignored_name
+from appliance.library.library import (
+    DROP_IN_SUFFIXES,
+    Library,
+    is_ignored_name,
+    problem_text,
+    signature,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_SETTLE_S = 1.5
@@ -37,7 +46,8 @@ class WatchEvent:
     """One thing the watcher did, for the UI's live list and `appliance models watch`."""
 
     at: float
-    action: str  # registered, rejected, waiting, missing, moved, error
+    action: str  # registered, rejected, waiting, hidden, updated, damaged, restored,
+    # missing, moved, error
     path: str
     detail: str = ""
 
@@ -89,6 +99,8 @@ class DropInWatcher:
         self.events: deque[WatchEvent] = deque(maxlen=200)
         self._on_event = on_event
         self._pending: dict[Path, tuple[tuple, float]] = {}
+        # The signature each candidate had when its outcome was last decided and reported.
+        self._decided: dict[Path, tuple | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._observer = None
@@ -131,9 +143,7 @@ class DropInWatcher:
         self._mark(candidate)
 
     def on_deleted(self, path: Path) -> None:
-        with self._lock:
-            for pending in [p for p in self._pending if p == path or path in p.parents]:
-                del self._pending[pending]
+        self._forget(path)
         folder = self._folder_candidate(path)
         if folder is not None and folder != path and folder.exists():
             self._mark(folder)
@@ -142,6 +152,7 @@ class DropInWatcher:
             self._record("missing", path, f"id {model_id}")
 
     def on_moved(self, src: Path, dst: Path) -> None:
+        self._forget(src)
         moved = self.library.mark_moved(src, dst) if not self._ignored(dst) else []
         for model_id in moved:
             self._record("moved", dst, f"id {model_id}, was {self._rel(src)}")
@@ -177,17 +188,28 @@ class DropInWatcher:
             return path
         return None
 
-    def _mark(self, candidate: Path) -> None:
+    def _forget(self, path: Path) -> None:
+        """Drop what is pending or decided about path and everything under it."""
         with self._lock:
-            self._pending[candidate] = (_signature(candidate), time.monotonic())
+            for known in (self._pending, self._decided):
+                for old in [p for p in known if p == path or path in p.parents]:
+                    del known[old]
+
+    def _mark(self, candidate: Path) -> None:
+        """Queue candidate for a check, unless it is unchanged since its last outcome."""
+        sig = signature(candidate)
+        with self._lock:
+            if candidate in self._decided and self._decided[candidate] == sig:
+                return
+            self._pending[candidate] = (sig, time.monotonic())
 
     def _check_loop(self) -> None:
         while not self._stop.wait(CHECK_INTERVAL_S):
             with self._lock:
                 pending = list(self._pending.items())
-            for candidate, (signature, since) in pending:
+            for candidate, (sig, since) in pending:
                 try:
-                    self._check(candidate, signature, since)
+                    self._check(candidate, sig, since)
                 except ApplianceError as exc:
                     self.report_error(candidate, exc)
                     with self._lock:
@@ -197,37 +219,55 @@ class DropInWatcher:
                     with self._lock:
                         self._pending.pop(candidate, None)
 
-    def _check(self, candidate: Path, signature: tuple, since: float) -> None:
-        now_sig = _signature(candidate)
+    def _check(self, candidate: Path, sig: tuple, since: float) -> None:
+        now_sig = signature(candidate)
         if now_sig is None:
             with self._lock:
                 self._pending.pop(candidate, None)
             return
-        if now_sig != signature:
+        if now_sig != sig:
             with self._lock:
                 self._pending[candidate] = (now_sig, time.monotonic())
             return
         if time.monotonic() - since < self.settle_s:
             return
         with self._lock:
-            if self._pending.get(candidate, (None, None))[0] != signature:
+            if self._pending.get(candidate, (None, None))[0] != sig:
                 return
             self._pending.pop(candidate, None)
-        self._register(candidate)
+        self._decide(candidate)
+        with self._lock:
+            self._decided[candidate] = sig
 
-    def _register(self, candidate: Path) -> None:
-        if self.library.is_current(candidate):
-            return  # an event that changed nothing (attributes, a reader)
+    def _decide(self, candidate: Path) -> None:
+        """Register, re-read, skip (hidden) or reject a candidate whose copy has settled."""
+        entry = self.library.entry_at(candidate)
+        if entry is not None:
+            self._recheck(candidate, entry["id"])
+            return
+        hidden = self.library.hidden_match(candidate)
+        if hidden is not None:
+            self._record("hidden", candidate, _hidden_detail(hidden["id"]))
+            return
         try:
             missing = {e["id"] for e in self.library.entries() if e["status"] == "missing"}
             entry = self.library.register(candidate)
         except TruncatedModelFile as exc:
-            self._record("waiting", candidate, f"incomplete, not registered yet ({exc})")
+            why = problem_text(candidate.name, str(exc))
+            self._record("waiting", candidate, f"incomplete, not registered yet ({why})")
         except ApplianceError as exc:
-            self._record("rejected", candidate, str(exc))
+            self._record("rejected", candidate, problem_text(candidate.name, str(exc)))
         else:
             action = "moved" if entry["id"] in missing else "registered"
             self._record(action, candidate, f"id {entry['id']}, {entry['backend']}")
+
+    def _recheck(self, candidate: Path, model_id: str) -> None:
+        """A registered candidate changed (or was restored): read it again and say so."""
+        entry, change = self.library.recheck(model_id)
+        if change == "damaged":
+            self._record("damaged", candidate, f"id {model_id}: {entry['problem']}")
+        elif change is not None:
+            self._record(change, candidate, f"id {model_id}")
 
     def report_error(self, path: Path, exc: Exception) -> None:
         self._record("error", path, str(exc))
@@ -238,16 +278,27 @@ class DropInWatcher:
         except ApplianceError as exc:
             self.report_error(self.root, exc)
             return
-        for model_id in report.added:
-            self._record("registered", Path(self.library.get(model_id)["path"]), f"id {model_id}")
-        for model_id in report.missing:
-            self._record("missing", Path(self.library.get(model_id)["path"]), f"id {model_id}")
-        for model_id in report.moved:
-            self._record("moved", Path(self.library.get(model_id)["path"]), f"id {model_id}")
+        for action in ("added", "missing", "moved", "restored", "updated"):
+            for model_id in getattr(report, action):
+                entry = self.library.get(model_id)
+                label = "registered" if action == "added" else action
+                self._record(label, self.library.resolve(entry), f"id {model_id}")
+        for model_id, why in report.damaged.items():
+            entry = self.library.get(model_id)
+            self._record("damaged", self.library.resolve(entry), f"id {model_id}: {why}")
+        for rel in report.hidden:
+            entry = self.library.hidden_match(self.root / rel)
+            self._decided_now(self.root / rel)
+            self._record("hidden", self.root / rel, _hidden_detail(entry["id"] if entry else "?"))
         for rel, why in report.rejected.items():
-            self._record("rejected", Path(rel), why)
+            self._decided_now(self.root / rel)
+            self._record("rejected", self.root / rel, why)
         for busy in report.busy:
             self._mark(busy)
+
+    def _decided_now(self, candidate: Path) -> None:
+        with self._lock:
+            self._decided[candidate] = signature(candidate)
 
     def _rel(self, path: Path) -> str:
         return self.library.relative(path) or str(path)
@@ -260,17 +311,8 @@ class DropInWatcher:
             self._on_event(event)
 
 
-def _signature(path: Path) -> tuple | None:
-    """(file count, total size, newest mtime) of a file or folder; None if gone."""
-    try:
-        if path.is_dir():
-            stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-            return (
-                len(stats),
-                sum(s.st_size for s in stats),
-                max((s.st_mtime_ns for s in stats), default=0),
-            )
-        stat = path.stat()
-        return (1, stat.st_size, stat.st_mtime_ns)
-    except FileNotFoundError:
-        return None
+def _hidden_detail(model_id: str) -> str:
+    return (
+        f"id {model_id} was removed from the library and stays hidden; unhide it to add it "
+        f"again (`appliance models unhide {model_id}`)"
+    )
