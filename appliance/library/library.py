@@ -146,13 +146,6 @@ class Library:
         except ValueError:
             return None
 
-    def is_current(self, path: Path) -> bool:
-        """Whether path is registered, present, and unchanged since (same size and mtime)."""
-        entry = self.entry_at(path)
-        if entry is None or entry["status"] != "present" or not path.exists():
-            return False
-        return entry.get("mtime") == _mtime(path)
-
     def entry_at(self, path: Path) -> dict[str, Any] | None:
         """The registered entry whose files are at path, if any."""
         return self.registry.load().find_by_path(self._key(path))
