@@ -163,3 +163,54 @@ def test_password_from_a_terminal_prompt(appliance_home: Path) -> None:
     assert b"vault created (argon2id" in transcript
     assert PASSWORD.encode() not in transcript  # never echoed
     assert "Wrong password" not in run("history", "list", stdin=pw(PASSWORD)).stderr
+
+
+def test_unlock_notices_recovered_conversations_and_damaged_model_ids(
+    appliance_home: Path,
+) -> None:
+    """Issue 9.4/9.2/9.6 through the CLI: the original app's history lands under the
+    library's model id with its notice on stderr; a log without its header is listed
+    and can be kept; a damaged model.id is reported instead of hiding the history."""
+    from appliance.library.library import Library
+    from tests.helpers import write_gguf
+    from tests.vault_helpers import write_seed_vault
+
+    write_gguf(appliance_home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", name="SmolLM2")
+    Library().scan()
+    (model_id,) = [e["id"] for e in Library().entries()]
+    chat = [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello!"}]
+    write_seed_vault(appliance_home, PASSWORD, {"SmolLM2-135M-Instruct.Q4_1": chat})
+    out = run("history", "list", stdin=pw(PASSWORD))
+    assert out.stdout == f"{model_id}  (1 conversation(s))\n"
+    assert out.stderr.startswith(
+        "Imported 2 messages of 'SmolLM2-135M-Instruct.Q4_1' from the original app into "
+        f"model {model_id!r}. 1 with role 'bot' was imported as assistant. The original "
+        "file is kept as history/SmolLM2-135M-Instruct.Q4_1.chat.imported"
+    )
+    assert (appliance_home / "history" / "SmolLM2-135M-Instruct.Q4_1.chat.imported").is_file()
+    (header,) = (appliance_home / "history").glob("*/*.conv")
+    header.unlink()
+    (log,) = (appliance_home / "history").glob("*/*.log")
+    out = run("history", "list", model_id, stdin=pw(PASSWORD))
+    assert out.stdout.startswith(f"{log.stem}  ") and "2 msgs  Recovered conversation" in out.stdout
+    assert f"appliance history recover {model_id} -c ID" in out.stderr
+    assert log.is_file()
+    out = run("history", "recover", model_id, "-c", log.stem, stdin=pw(PASSWORD))
+    conv_id = log.stem.split("-")[0]
+    assert out.stdout == (
+        f"kept recovered conversation {log.stem} as conversation {conv_id} (2 messages) "
+        f"of {model_id}\n"
+    )
+    (model_id_file,) = (appliance_home / "history").glob("*/model.id")
+    model_id_file.write_bytes(b"damaged")
+    out = run("history", "list", stdin=pw(PASSWORD))
+    assert out.stdout == "no history yet\n"
+    assert out.stderr == (
+        f"warning: history/{model_id_file.parent.name}: the model id stored in its model.id "
+        "cannot be read (the file was altered, damaged or is missing), so this model's "
+        "conversations are listed under no model. They are kept: open them by model id "
+        "(`appliance history list MODEL`), or restore "
+        f"history/{model_id_file.parent.name}/model.id from a backup. The file is rewritten "
+        "the next time a conversation of that model is started.\n"
+    )
+    assert "Hello!" in run("history", "export", model_id, stdin=pw(PASSWORD)).stdout

@@ -185,3 +185,23 @@ def test_empty_or_damaged_orphans(history: HistoryStore) -> None:
     assert snapshot(history.root) == before
     with pytest.raises(UnknownConversation, match="has no conversation"):
         history.messages("m", f"{empty}-{'0' * 32}")
+
+
+def test_a_damaged_model_id_is_reported_and_repaired(history: HistoryStore) -> None:
+    """Issue 9.6: a damaged model.id silently hid the model's history from every list."""
+    conv = make(history, ["still here"])
+    (model_id_file,) = history.root.glob("*/model.id")
+    model_id_file.write_bytes(b"\x00" * 40)
+    message = (
+        f"history/{model_id_file.parent.name}: the model id stored in its model.id cannot be "
+        "read (the file was altered, damaged or is missing), so this model's conversations "
+        "are listed under no model. They are kept: open them by model id (`appliance "
+        f"history list MODEL`), or restore history/{model_id_file.parent.name}/model.id from "
+        "a backup. The file is rewritten the next time a conversation of that model is started."
+    )
+    assert history.unreadable_models() == [message]
+    assert fast_vault().unlock(PASSWORD).warnings == [message]
+    assert history.model_ids() == []
+    assert contents(history, conv) == ["still here"]  # found by its id all the same
+    history.create("m")
+    assert history.model_ids() == ["m"] and history.unreadable_models() == []

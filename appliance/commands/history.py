@@ -34,6 +34,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_import)
+    p = history.add_parser(
+        "recover", help="keep a recovered conversation (a log found without its header)"
+    )
+    p.add_argument("model")
+    p.add_argument("--conversation", "-c", required=True, help="its id or a unique prefix")
+    p.set_defaults(func=cmd_recover)
     p = history.add_parser("delete", help="delete a conversation, or all of a model's history")
     p.add_argument("model")
     which = p.add_mutually_exclusive_group(required=True)
@@ -92,6 +98,25 @@ def cmd_list(args: argparse.Namespace) -> int:
         title = c.title or "(untitled)"
         state = f"  DAMAGED: {c.problem}" if c.problem else ""
         print(f"{c.id}  {_when(c.updated_at)}  {c.message_count:>5} msgs  {title}{state}")
+    recovered = [c.id for c in convs if c.recovered and not c.problem]
+    if recovered:
+        print(
+            f"{len(recovered)} recovered conversation(s): messages found without their "
+            "header, as after restoring part of a backup. Read them with `appliance history "
+            f"export {args.model} -c ID`, keep them with `appliance history recover "
+            f"{args.model} -c ID`, or delete them.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    _, unlocked = unlock_vault()
+    history = unlocked.history
+    conv_id = _resolve(history, args.model, args.conversation)
+    info = history.adopt(args.model, conv_id)
+    print(f"kept recovered conversation {conv_id} as conversation {info.id} "
+          f"({info.message_count} messages) of {args.model}")  # fmt: skip
     return 0
 
 

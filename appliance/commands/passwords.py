@@ -43,13 +43,30 @@ def read_new_password(prompt: str) -> str:
 
 
 def unlock_vault():
-    """Prompt for the master password and return (vault, unlocked session)."""
-    from appliance.vault import Vault, VaultNotInitialized
+    """Prompt for the master password and return (vault, unlocked session). What the
+    unlock did or found (the original app's history imported, settings reset) goes to
+    stderr."""
+    from appliance.vault import Vault, VaultNotInitialized, lazy_legacy_resolver
 
     vault = Vault()
     if not vault.initialized:
         raise VaultNotInitialized()
-    unlocked = vault.unlock(read_password("Master password: "))
+    password = read_password("Master password: ")
+    unlocked = vault.unlock(password, resolve_model=lazy_legacy_resolver(library_models))
     for notice in unlocked.notices:
         print(notice, file=sys.stderr)
+    for warning in unlocked.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return vault, unlocked
+
+
+def library_models() -> list[tuple[str, str, str]]:
+    """(id, name, path) of every library entry, to file the original app's history
+    under; none when the registry cannot be read (the import keeps the file names)."""
+    from appliance.errors import ApplianceError
+    from appliance.library.library import Library
+
+    try:
+        return [(e["id"], e["name"], e["path"]) for e in Library().entries()]
+    except ApplianceError:
+        return []

@@ -20,6 +20,7 @@ from appliance.vault.errors import (
     WrongPassword,
 )
 from appliance.vault.history import ConversationInfo, ConversationLog, HistoryStore, Message
+from appliance.vault.seed import lazy_legacy_resolver, match_legacy_names
 from appliance.vault.strength import RULE as PASSWORD_RULE
 from appliance.vault.strength import check_new_password, password_strength
 from appliance.vault.vault import Unlocked, Vault
@@ -46,5 +47,7 @@ __all__ = [
     "WeakPassword",
     "WrongPassword",
     "check_new_password",
+    "lazy_legacy_resolver",
+    "match_legacy_names",
     "password_strength",
 ]

@@ -96,6 +96,20 @@ def match_legacy_names(models: Iterable[tuple[str, str, str]]) -> ModelResolver:
     return resolve
 
 
+def lazy_legacy_resolver(load: Callable[[], Iterable[tuple[str, str, str]]]) -> ModelResolver:
+    """`match_legacy_names` over what `load` returns, called once, at the first lookup:
+    an unlock with nothing to import never reads the library."""
+    resolver: ModelResolver | None = None
+
+    def resolve(legacy_name: str) -> str | None:
+        nonlocal resolver
+        if resolver is None:
+            resolver = match_legacy_names(load())
+        return resolver(legacy_name)
+
+    return resolve
+
+
 @dataclass
 class _Converted:
     """One .chat file's messages as the vault stores them, and what had to change."""

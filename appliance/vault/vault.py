@@ -268,7 +268,8 @@ class Vault:
             data_key = settings_mod.unwrap(master, loaded)[0]
             self.throttle.succeeded()
             return data_key, True
-        if self._pinned() not in (None, settings_mod.fingerprint(loaded.kdf)):
+        pinned = self._pinned()
+        if pinned and settings_mod.fingerprint(loaded.kdf) not in pinned:
             self.throttle.restore(prior)
             raise SettingsCorrupt(KDF_CHANGED)
         self._wrong_password()
@@ -293,22 +294,32 @@ class Vault:
         return resealed, warnings
 
     def _save(self, settings: EnvelopeSettings, data_key: bytes) -> None:
-        """Write settings.json with its MAC, and remember its KDF parameters."""
+        """Write settings.json with its MAC, and pin its KDF parameters: the new ones are
+        pinned beside the old ones first, so a crash at any point leaves the file's
+        parameters pinned."""
+        fingerprint = settings_mod.fingerprint(settings.kdf)
+        self._write_pins({*(self._pinned() or ()), fingerprint})
         settings_mod.save(self.settings_path, settings, keys.hkdf(data_key, "settings"))
-        self._pin(settings.kdf)
+        self._write_pins({fingerprint})
 
-    def _pinned(self) -> str | None:
-        """The KDF fingerprint of the last successful unlock (None: not known)."""
+    def _pinned(self) -> set[str] | None:
+        """Fingerprints of the KDF parameters the vault was last set or unlocked with
+        (config/kdf-pin.json; None when not known, as for vaults of earlier releases)."""
         try:
-            value = json.loads(self._pin_path.read_text("utf-8"))["kdf"]
+            values = json.loads(self._pin_path.read_text("utf-8"))["kdf"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return value if isinstance(value, str) else None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return None
+        return set(values)
 
     def _pin(self, kdf: KdfParams) -> None:
-        fingerprint = settings_mod.fingerprint(kdf)
-        if self._pinned() != fingerprint:
-            atomic_write_json(self._pin_path, {"kdf": fingerprint})
+        """After a successful unlock: exactly these parameters are pinned."""
+        self._write_pins({settings_mod.fingerprint(kdf)})
+
+    def _write_pins(self, fingerprints: set[str]) -> None:
+        if self._pinned() != fingerprints:
+            atomic_write_json(self._pin_path, {"kdf": sorted(fingerprints)})
 
     def _wrong_password(self) -> NoReturn:
         failures = self.throttle.state().failures
