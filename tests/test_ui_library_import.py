@@ -123,3 +123,134 @@ def test_browser_upload_of_junk_is_refused(run_page, appliance_home: Path) -> No
     files = sorted(p.name for p in (appliance_home / "models").iterdir())
     assert files == [".registry.lock", "registry.json"]
     assert Library().entries() == []
+
+
+def _models(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "models").iterdir() if not p.name.startswith("."))
+
+
+def test_hidden_models_are_listed_with_an_unhide_button(run_page, appliance_home: Path) -> None:
+    model = _settled(write_gguf(appliance_home / "models" / "tiny.gguf"))
+    data = model.read_bytes()
+    app = run_page("library")
+    Library().remove("tiny")  # what Remove does with "delete files" unticked
+    # Neither the running watcher nor the scan of the next start brings it back.
+    Library().scan()
+    time.sleep(2.0)
+    app.run()
+    assert Library().entries() == []
+    assert model.read_bytes() == data
+    entry = Library().hidden()[0]
+    listed = [m.value for m in app.markdown if "hidden since" in m.value]
+    assert listed == [
+        f"**tiny** (`tiny`) — tiny.gguf, 2.6 KiB, hidden since {entry.hidden_at}; files: still there"
+    ]
+    app.button(key="unhide-tiny").click().run()
+    assert Library().get("tiny")["status"] == "present"
+    assert not [b for b in app.button if b.key == "unhide-tiny"]
+    assert model.read_bytes() == data
+
+
+def test_damaged_models_and_rejected_drop_ins_are_listed(run_page, appliance_home: Path) -> None:
+    models = appliance_home / "models"
+    library = Library()
+    library.register(write_gguf(models / "cut.gguf"))
+    library.hasher.join()
+    cut = (models / "cut.gguf").read_bytes()[:-100]
+    (models / "cut.gguf").write_bytes(cut)
+    _settled(models / "cut.gguf")
+    (models / "notes.gguf").write_text("not a model")
+    _settled(models / "notes.gguf")
+    app = run_page("library")
+    assert not app.exception
+    assert [e.value for e in app.error] == [
+        "**cut** (`cut`) is damaged: Tensor 'output.weight' ends at byte 2,688 but the file "
+        "has only 2,588 bytes: the file is truncated or still being copied. Copy it again from "
+        "the original. To fix it, put a good copy at models/cut.gguf, or remove the model."
+    ]
+    assert [w.value for w in app.warning if "notes" in w.value] == [
+        "`notes.gguf`: This file does not start with the GGUF magic number."
+    ]
+    assert (models / "cut.gguf").read_bytes() == cut
+    assert (models / "notes.gguf").read_text() == "not a model"
+
+
+def test_duplicate_import_offers_the_existing_entry(
+    run_page, tmp_path: Path, appliance_home: Path
+) -> None:
+    source = write_gguf(tmp_path / "outside.gguf", name="Outside")
+    app = run_page("import")
+    app.text_input(key="import-path").input(str(source)).run()
+    app.button(key="import-go").click().run()
+    sha = Library().get("outside")["sha256"]
+    (tmp_path / "b").mkdir()
+    same = tmp_path / "b" / "again.gguf"
+    same.write_bytes(source.read_bytes())
+    app.text_input(key="import-path").input(str(same)).run()
+    app.button(key="import-go").click().run()
+    assert [w.value for w in app.warning] == [
+        f"again.gguf is already in the library as outside (id outside): same sha256 "
+        f"{sha[:16]}…. Nothing was imported."
+    ]
+    assert _models(appliance_home) == ["outside.gguf", "registry.json"]
+    app.button(key="import-use-existing").click().run()
+    assert app.success[-1].value == (
+        "Using **outside** (id `outside`): nothing was copied. Load it from the Library or the "
+        "Chat page."
+    )
+    assert [e["id"] for e in Library().entries()] == ["outside"]
+    # Asked for, a second copy is made.
+    app.button(key="import-go").click().run()
+    app.button(key="import-second-copy").click().run()
+    assert app.success[-1].value.startswith("Added **again** (id `again`, llama.cpp).")
+    assert _models(appliance_home) == ["again.gguf", "outside.gguf", "registry.json"]
+
+
+def test_duplicate_upload_offers_the_existing_entry(run_page, tmp_path: Path) -> None:
+    data = write_gguf(tmp_path / "up.gguf", name="Up").read_bytes()
+    app = run_page("import")
+    app.file_uploader(key="upload").set_value(("up.gguf", data, "application/octet-stream")).run()
+    app.button(key="upload-go").click().run()
+    sha = Library().get("up")["sha256"]
+    app.file_uploader(key="upload").set_value(("copy.gguf", data, "application/octet-stream"))
+    app.run()
+    app.button(key="upload-go").click().run()
+    assert [w.value for w in app.warning] == [
+        f"copy.gguf is already in the library as up (id up): same sha256 {sha[:16]}…. "
+        "Nothing was imported."
+    ]
+    app.button(key="upload-use-existing").click().run()
+    assert app.success[-1].value.startswith("Using **up** (id `up`): nothing was copied.")
+    assert [e["id"] for e in Library().entries()] == ["up"]
+
+
+# ---- issue 10.8 and 10.6: the library as a new user finds it ----------------------------
+
+
+def _wait(check, timeout: float = 8.0):
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def test_drop_in_log_prints_each_event_once(run_page, appliance_home: Path) -> None:
+    models = appliance_home / "models"
+    app = run_page("import")
+    watcher = services().watcher
+    (models / "text.gguf").write_text("not a model")
+    assert _wait(lambda: [e for e in watcher.events if e.path == "text.gguf"])
+    for name in ("a", "b"):
+        write_gguf(models / f"{name}.gguf")
+        assert _wait(lambda name=name: [e for e in watcher.events if e.path == f"{name}.gguf"])
+    time.sleep(0.5)
+    app.run()
+    log = [t.value[9:] for t in app.text]
+    assert [line for line in log if "text.gguf" in line] == [
+        "rejected   text.gguf: This file does not start with the GGUF magic number."
+    ]
+    assert [line.split(":")[0] for line in log] == [
+        "registered b.gguf",
+        "registered a.gguf",
+        "rejected   text.gguf",
+    ]

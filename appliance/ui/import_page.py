@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import streamlit as st
 from appliance import format as fmt
 from appliance.engine.remote import list_remote_models
 from appliance.errors import ApplianceError
-from appliance.library.importer import Upload, import_path
+from appliance.library.importer import DuplicateModel, Upload, import_path
 from appliance.library.inspect import inspect_model
 from appliance.library.model_info import BACKENDS
 from appliance.ui import session
@@ -60,22 +61,74 @@ def _from_path() -> None:
             show_info(info)
     mode = st.radio("How", list(MODES), format_func=MODES.get, horizontal=True, key="import-mode")
     options = _choices("import", info)
+    source = Path(raw.strip()).expanduser()
     if st.button("Import", type="primary", disabled=info is None, key="import-go"):
-        bar = st.progress(0.0, text="Starting…")
+        _import_from_path(source, mode, options, raw.strip())
+    again = lambda: _import_from_path(source, mode, options, raw.strip(), True)  # noqa: E731
+    _offer_existing("import", raw.strip(), again)
 
-        def progress(done: int, total: int) -> None:
-            bar.progress(done / total if total else 1.0,
-                         text=f"Copying {fmt.size(done)} of {fmt.size(total)}")  # fmt: skip
 
-        try:
-            entry = import_path(services().library, Path(raw.strip()).expanduser(), mode,
-                                progress=progress, **options)  # fmt: skip
-        except (ApplianceError, OSError) as exc:
-            bar.empty()
-            st.error(str(exc))
-        else:
-            bar.progress(1.0, text="Done")
-            _imported(entry)
+def _import_from_path(
+    source: Path, mode: str, options: dict[str, Any], key: str, allow_duplicate: bool = False
+) -> None:
+    """Import with a progress bar; a duplicate is remembered and offered (see below)."""
+    bar = st.progress(0.0, text="Starting…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total if total else 1.0,
+                     text=f"Copying {fmt.size(done)} of {fmt.size(total)}")  # fmt: skip
+
+    try:
+        entry = import_path(services().library, source, mode, progress=progress,
+                            allow_duplicate=allow_duplicate, **options)  # fmt: skip
+    except DuplicateModel as dup:
+        bar.empty()
+        _remember_duplicate("import", key, dup)
+    except (ApplianceError, OSError) as exc:
+        bar.empty()
+        st.error(str(exc))
+    else:
+        bar.progress(1.0, text="Done")
+        _imported(entry)
+
+
+def _remember_duplicate(kind: str, source: str, dup: DuplicateModel) -> None:
+    """Keep a refused duplicate across reruns, so its buttons work."""
+    st.session_state[f"{kind}-duplicate"] = {
+        "source": source, "message": dup.fact, "id": dup.existing["id"],
+        "name": dup.existing["name"], "hidden": dup.hidden,
+    }  # fmt: skip
+
+
+def _offer_existing(kind: str, source: str, second_copy: Callable[[], None]) -> None:
+    """After a refused duplicate: use the existing entry, or import a second copy anyway."""
+    dup = st.session_state.get(f"{kind}-duplicate")
+    if dup is None or dup["source"] != source:
+        return
+    note = st.empty()
+    note.warning(dup["message"])
+    cols = st.columns(2)
+    label = "Unhide and use it" if dup["hidden"] else "Use the existing entry"
+    if cols[0].button(label, type="primary", key=f"{kind}-use-existing"):
+        del st.session_state[f"{kind}-duplicate"]
+        note.empty()
+        _use_existing(dup)
+    elif cols[1].button("Import a second copy anyway", key=f"{kind}-second-copy"):
+        del st.session_state[f"{kind}-duplicate"]
+        note.empty()
+        second_copy()
+
+
+def _use_existing(dup: dict[str, Any]) -> None:
+    library = services().library
+    try:
+        entry = library.unhide(dup["id"]) if dup["hidden"] else library.get(dup["id"])
+    except ApplianceError as exc:
+        st.error(str(exc))
+        return
+    back = " It is back in the library." if dup["hidden"] else ""
+    st.success(f"Using **{entry['name']}** (id `{entry['id']}`): nothing was copied.{back} "
+               "Load it from the Library or the Chat page.")  # fmt: skip
 
 
 def show_info(info: Any) -> None:
@@ -103,19 +156,34 @@ def _upload() -> None:
                "models: copy them into models/ or import them from a path.")  # fmt: skip
     uploaded = st.file_uploader("Model file", type=["gguf", "bin", "safetensors"], key="upload")
     options = _choices("upload", None)
-    if uploaded is not None and st.button("Add uploaded file", type="primary", key="upload-go"):
-        bar = st.progress(0.0, text="Writing to disk…")
-        try:
-            with Upload(services().library, uploaded.name, uploaded.size) as upload:
-                while chunk := uploaded.read(8 << 20):
-                    upload.write(chunk)
-                    bar.progress(upload.received / max(uploaded.size, 1))
-                entry = upload.commit(**options)
-        except (ApplianceError, OSError) as exc:
-            bar.empty()
-            st.error(str(exc))
-        else:
-            _imported(entry)
+    if uploaded is None:
+        return
+    source = f"{uploaded.name} ({uploaded.size} bytes)"
+    if st.button("Add uploaded file", type="primary", key="upload-go"):
+        _store_upload(uploaded, options, source)
+    _offer_existing("upload", source, lambda: _store_upload(uploaded, options, source, True))
+
+
+def _store_upload(
+    uploaded: Any, options: dict[str, Any], source: str, allow_duplicate: bool = False
+) -> None:
+    """Write the browser's file to disk in chunks, then check and register it."""
+    bar = st.progress(0.0, text="Writing to disk…")
+    uploaded.seek(0)
+    try:
+        with Upload(services().library, uploaded.name, uploaded.size) as upload:
+            while chunk := uploaded.read(8 << 20):
+                upload.write(chunk)
+                bar.progress(upload.received / max(uploaded.size, 1))
+            entry = upload.commit(allow_duplicate=allow_duplicate, **options)
+    except DuplicateModel as dup:
+        bar.empty()
+        _remember_duplicate("upload", source, dup)
+    except (ApplianceError, OSError) as exc:
+        bar.empty()
+        st.error(str(exc))
+    else:
+        _imported(entry)
 
 
 def _remote() -> None:

@@ -49,8 +49,10 @@ def render() -> None:
     st.title("Model library")
     _hardware_panel(hardware.snapshot())
     entries = _table()
+    _problems()
     if entries:
         _actions(entries)
+    _hidden_models()
 
 
 @st.fragment(run_every=3)
@@ -72,6 +74,60 @@ def _table() -> list[dict[str, Any]]:
     hw = hardware.snapshot()
     st.dataframe(rows(entries, hw, conversation_counts()), hide_index=True, width="stretch")
     return entries
+
+
+@st.fragment(run_every=3)
+def _problems() -> None:
+    """Damaged models, and files in models/ that could not be added, with the reason."""
+    library = services().library
+    try:
+        damaged = [e for e in library.entries() if e["status"] == "damaged"]
+        rejected = library.rejected_drop_ins()
+    except ApplianceError as exc:
+        st.error(str(exc))
+        return
+    for e in damaged:
+        where = e["path"] if e["external"] else f"models/{e['path']}"
+        st.error(
+            f"**{e['name']}** (`{e['id']}`) is damaged: {e['problem']} To fix it, put a good "
+            f"copy at {where}, or remove the model."
+        )
+    if rejected:
+        st.subheader("Files in models/ that were not added")
+        for problem in rejected:
+            st.warning(f"`{problem.path}`: {problem.reason}")
+
+
+def _hidden_models() -> None:
+    """Models removed with their files kept; each can be put back."""
+    try:
+        hidden = services().library.hidden()
+    except ApplianceError as exc:
+        st.error(str(exc))
+        return
+    if not hidden:
+        return
+    st.subheader("Hidden models")
+    st.caption("Removed from the library with their files kept. They are not added again "
+               "until you unhide them; their chat history is kept.")  # fmt: skip
+    for model in hidden:
+        entry = model.entry
+        cols = st.columns([5, 1])
+        cols[0].markdown(
+            f"**{entry['name']}** (`{entry['id']}`) — {entry['path']}, "
+            f"{fmt.size(entry['size_bytes'])}, hidden since {model.hidden_at}; "
+            f"files: {ON_DISK[model.on_disk]}"
+        )
+        if cols[1].button("Unhide", key=f"unhide-{entry['id']}"):
+            _run(lambda e=entry: services().library.unhide(e["id"]),
+                 f"{entry['name']} is back in the library.")  # fmt: skip
+
+
+ON_DISK = {
+    "unchanged": "still there",
+    "changed": "changed since (read again when unhidden)",
+    "missing": "no longer there",
+}
 
 
 def conversation_counts() -> dict[str, int]:
@@ -141,7 +197,9 @@ def _setting_input(setting: Setting, value: Any, key: str) -> Any:
 
 def _remove(entry: dict[str, Any]) -> None:
     with st.expander("Remove this model"):
-        st.write("Removing takes the model out of the library. Its chat history is kept.")
+        st.write("Removing takes the model out of the library. Its chat history is kept. "
+                 "Unless you delete its files, they stay in place and the model is hidden: "
+                 "it is not added again until you unhide it (under Hidden models).")  # fmt: skip
         delete = st.checkbox(
             "Also delete its files from models/", key=f"rm-files-{entry['id']}",
             disabled=entry["external"],
@@ -153,9 +211,18 @@ def _remove(entry: dict[str, Any]) -> None:
         if st.button(
             "Remove", type="primary", disabled=confirm != entry["id"], key=f"rm-{entry['id']}"
         ):
-            what = "and its files " if delete else ""
             _run(lambda: services().library.remove(entry["id"], delete_files=delete),
-                 f"Removed {entry['name']} {what}from the library.")  # fmt: skip
+                 _removed_message(entry, delete))  # fmt: skip
+
+
+def _removed_message(entry: dict[str, Any], deleted: bool) -> str:
+    """What Remove did, for the toast."""
+    if deleted:
+        return f"Removed {entry['name']} and its files from the library."
+    if entry["format"] == "openai":
+        return f"Removed {entry['name']} from the library."
+    return (f"Removed {entry['name']} from the library. Its files stay in place and it is "
+            "hidden, so it is not added again; Unhide brings it back.")  # fmt: skip
 
 
 def _run(action, success: str) -> None:
