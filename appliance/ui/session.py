@@ -6,11 +6,19 @@ shared cache). Locking drops the reference, and the Unlocked object wipes its ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import streamlit as st
 
-from appliance.vault import Unlocked
+from appliance.errors import ApplianceError
+from appliance.vault import Unlocked, lazy_legacy_resolver
+
+if TYPE_CHECKING:
+    from appliance.library.library import Library
 
 KEY = "vault"
+NOTICES = "unlock-notices"
 
 
 def unlocked(touch: bool = True) -> Unlocked | None:
@@ -30,6 +38,29 @@ def unlocked(touch: bool = True) -> Unlocked | None:
 def set_unlocked(vault: Unlocked) -> None:
     st.session_state[KEY] = vault
     st.session_state.pop("lock_reason", None)
+    st.session_state[NOTICES] = [("warning", w) for w in vault.warnings] + [
+        ("info", n) for n in vault.notices
+    ]
+
+
+def show_unlock_notices() -> None:
+    """What the unlock did or found (the original app's history imported, settings
+    reset, damaged files), shown once, on the first page that calls this."""
+    for level, text in st.session_state.pop(NOTICES, []):
+        (st.warning if level == "warning" else st.info)(text)
+
+
+def legacy_model_resolver(library: Library) -> Callable[[str], str | None]:
+    """Files the original app's history under the library's model ids (read only if
+    there is something to import; an unreadable registry matches nothing)."""
+
+    def models() -> list[tuple[str, str, str]]:
+        try:
+            return [(e["id"], e["name"], e["path"]) for e in library.entries()]
+        except ApplianceError:
+            return []
+
+    return lazy_legacy_resolver(models)
 
 
 def lock(reason: str = "Locked.") -> None:
@@ -39,6 +70,7 @@ def lock(reason: str = "Locked.") -> None:
         vault.lock()
     for key in [k for k in st.session_state if str(k).startswith("conv-")]:
         del st.session_state[key]
+    st.session_state.pop(NOTICES, None)
     st.session_state["lock_reason"] = reason
 
 

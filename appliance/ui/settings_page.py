@@ -38,7 +38,7 @@ def _app_settings() -> None:
         values = {s.name: _number(s, current[s.name]) for s in APP_SETTINGS}
         if st.form_submit_button("Save settings", type="primary"):
             try:
-                vault.set_auto_lock_s(int(minutes) * 60)
+                vault.set_auto_lock_s(int(minutes) * 60, session.unlocked(touch=False))
                 saved = settings.save(values)
             except ApplianceError as exc:
                 st.error(str(exc))

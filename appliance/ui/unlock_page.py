@@ -56,7 +56,8 @@ def _unlock(vault) -> None:
     if not submitted:
         return
     try:
-        unlocked = vault.unlock(password)
+        resolver = session.legacy_model_resolver(services().library)
+        unlocked = vault.unlock(password, resolve_model=resolver)
     except Throttled as exc:
         _throttled(exc.remaining_s)
     except WrongPassword as exc:
