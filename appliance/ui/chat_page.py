@@ -21,6 +21,7 @@ def render() -> None:
     unlocked = session.unlocked()
     if unlocked is None:
         st.rerun()
+    session.show_unlock_notices()
     svc = services()
     try:
         entries = [e for e in svc.library.entries() if e["status"] == "present"]
@@ -53,12 +54,14 @@ def render() -> None:
     can_regenerate = bool(log and log.messages and log.messages[-1].role == "assistant")
     if can_regenerate and st.button("Regenerate the last reply", icon=":material/refresh:"):
         messages = log.messages[:-1]
+        conv_id = _keep_recovered(history, entry, conv_id)
         _reply(unlocked, entry, conv_id, _as_chat(messages), options, replace=True)
         st.rerun()
     if prompt:
         if conv_id is None:
             conv_id = history.create(entry["id"], title=_title_from(prompt)).id
             st.session_state[f"conv-{entry['id']}"] = conv_id
+        conv_id = _keep_recovered(history, entry, conv_id)
         history.append(entry["id"], conv_id, "user", prompt)
         show_message("user", prompt, {})
         messages = history.messages(entry["id"], conv_id).messages
@@ -99,6 +102,12 @@ def _conversations(history, entry: dict[str, Any]) -> str | None:
     with cols[2].popover("Manage", width="stretch"):
         _manage(history, model_id, by_id[conv_id])
     return conv_id
+
+
+def _keep_recovered(history, entry: dict[str, Any], conv_id: str) -> str:
+    """The id to write to: a recovered conversation (messages found without their
+    header) is kept as a regular one first, since the user is continuing it."""
+    return history.adopt(entry["id"], conv_id).id
 
 
 def _manage(history, model_id: str, conv) -> None:
