@@ -1,14 +1,17 @@
 """The router: builds the pages with st.navigation and holds no business logic.
 
-Until this browser session has unlocked the vault, only the unlock page exists (pages
-not passed to st.navigation cannot be reached, even by URL). The one st.cache_resource
-object (appliance.ui.services) holds the library, its drop-in watcher, the engine host
-and the vault's settings; it is shared by every browser session and thread-safe. The
-unlocked key lives only in st.session_state.
+Until this browser session has unlocked the vault, every address shows the unlock page
+(the other pages' code is never passed to st.navigation, so it cannot be reached, even
+by URL); after unlocking, the page that was asked for opens. Every page is wrapped in
+ui.guard.guarded, so no error reaches Streamlit's generic exception box. The one
+st.cache_resource object (appliance.ui.services) holds the library, its drop-in watcher,
+the engine host and the vault's settings; it is shared by every browser session and
+thread-safe. The unlocked key lives only in st.session_state.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,24 +29,37 @@ from appliance.ui import (
     settings_page,
     unlock_page,
 )
+from appliance.ui.guard import guarded
 
 st.set_page_config(page_title="Offline LLM Switcher", layout="wide")
 
+# (render, title, url_path). No page icons: Material icons make the browser fetch the
+# favicon from fonts.gstatic.com, and emoji need an emoji font the box may not have.
+PAGES = (
+    (chat_page.render, "Chat", "chat"),
+    (library_page.render, "Library", "library"),
+    (import_page.render, "Import", "import"),
+    (settings_page.render, "Settings", "settings"),
+)
+
 if session.unlocked() is None:
+    # Locked: every page's address is known, so a reload or a link (/library) is not
+    # "Page not found", but each shows the unlock page. Once unlocked, the rerun lands
+    # on the page that was asked for.
     pages = [
-        st.Page(unlock_page.render, title="Unlock", icon=":material/lock_open:", url_path="unlock")
-    ]
+        st.Page(guarded(unlock_page.render), title="Unlock", url_path="unlock", default=True),
+        *(st.Page(guarded(functools.partial(unlock_page.render, title)), title=title,
+                  url_path=path, visibility="hidden") for _, title, path in PAGES),
+    ]  # fmt: skip
+    position = "hidden"
 else:
     pages = [
-        st.Page(chat_page.render, title="Chat", icon=":material/chat:", url_path="chat",
-                default=True),
-        st.Page(library_page.render, title="Library", icon=":material/library_books:",
-                url_path="library"),
-        st.Page(import_page.render, title="Import", icon=":material/download:", url_path="import"),
-        st.Page(settings_page.render, title="Settings", icon=":material/settings:",
-                url_path="settings"),
-    ]  # fmt: skip
+        st.Page(guarded(render), title=title, url_path=path, default=path == "chat")
+        for render, title, path in PAGES
+    ]
+    position = "sidebar"
     with st.sidebar:
         engine_controls.active_model_panel()
         session.idle_lock_watch()
-st.navigation(pages).run()
+        session.refresh_watch()
+st.navigation(pages, position=position).run()

@@ -56,18 +56,6 @@ def test_rename_and_defaults(run_page, appliance_home: Path) -> None:
     assert Library().get("tiny")["defaults"]["temperature"] == 0.0
 
 
-def test_remove_needs_typed_confirmation(run_page, appliance_home: Path) -> None:
-    model = _settled(write_gguf(appliance_home / "models" / "tiny.gguf"))
-    app = run_page("library")
-    remove = next(b for b in app.button if b.label == "Remove")
-    assert remove.disabled
-    app.checkbox(key="rm-files-tiny").check()
-    app.text_input(key="rm-confirm-tiny").input("tiny").run()
-    next(b for b in app.button if b.label == "Remove").click().run()
-    assert Library().entries() == []
-    assert not model.exists()
-
-
 def test_import_from_path_with_inferred_defaults(run_page, tmp_path: Path) -> None:
     source = write_gguf(tmp_path / "outside.gguf", "qwen2", name="Outside")
     app = run_page("import")
@@ -151,6 +139,19 @@ def test_hidden_models_are_listed_with_an_unhide_button(run_page, appliance_home
     assert model.read_bytes() == data
 
 
+def test_remove_on_the_page_keeps_the_files_and_hides(run_page, appliance_home: Path) -> None:
+    model = _settled(write_gguf(appliance_home / "models" / "tiny.gguf"))
+    data = model.read_bytes()
+    app = run_page("library")
+    app.text_input(key="rm-confirm-tiny").input("tiny")  # sent with the click (a form)
+    app.button(key="rm-tiny").click().run()
+    assert not app.exception and not app.error
+    assert Library().entries() == []
+    assert [h.entry["id"] for h in Library().hidden()] == ["tiny"]
+    assert Library().scan().hidden == ["tiny.gguf"]
+    assert model.read_bytes() == data
+
+
 def test_damaged_models_and_rejected_drop_ins_are_listed(run_page, appliance_home: Path) -> None:
     models = appliance_home / "models"
     library = Library()
@@ -225,6 +226,59 @@ def test_duplicate_upload_offers_the_existing_entry(run_page, tmp_path: Path) ->
 
 
 # ---- issue 10.8 and 10.6: the library as a new user finds it ----------------------------
+
+
+def test_remove_works_on_the_first_click_and_checks_the_id(run_page, appliance_home: Path) -> None:
+    """The typed id is sent with the Remove click (a form): no Enter needed first."""
+    model = _settled(write_gguf(appliance_home / "models" / "tiny.gguf"))
+    app = run_page("library")
+    assert not app.button(key="rm-tiny").disabled
+    app.text_input(key="rm-confirm-tiny").input("tin")
+    app.button(key="rm-tiny").click().run()
+    assert app.error[0].value == "Type the id `tiny` exactly to confirm; nothing was removed."
+    assert [e["id"] for e in Library().entries()] == ["tiny"]
+    app.checkbox(key="rm-files-tiny").check()
+    app.text_input(key="rm-confirm-tiny").input("tiny")  # no run: as typed, then the click
+    app.button(key="rm-tiny").click().run()
+    assert not app.error
+    assert Library().entries() == []
+    assert not model.exists()
+
+
+def test_the_loaded_model_is_marked_and_every_column_fits(
+    run_page, appliance_home: Path, monkeypatch
+) -> None:
+    from appliance.engine import HostStatus
+    from appliance.ui import library_page
+
+    _settled(write_gguf(appliance_home / "models" / "one.gguf"))
+    _settled(write_gguf(appliance_home / "models" / "two.gguf"))
+    app = run_page("library")
+    table = app.dataframe[0].value
+    assert list(table["State"]) == ["present", "present"]
+    resident = HostStatus(model_id="two", name="two", backend="llama.cpp", phase="ready")
+    monkeypatch.setattr(services().host, "status", lambda: resident)
+    app.run()
+    table = app.dataframe[0].value
+    states = dict(zip(table["ID"], table["State"], strict=True))
+    assert states == {"one": "present", "two": "● loaded"}
+    # sha256 and ID stay in view at 1400 px: every column has a width, and together they
+    # fit the table's 940 px (1400 px less the sidebar and the page's margins).
+    assert list(table.columns) == list(library_page.COLUMNS)
+    widths = [c["width"] for c in library_page.COLUMNS.values()]
+    assert all(isinstance(w, int) for w in widths) and sum(widths) <= 935
+
+
+def test_rename_shows_in_the_model_selector_at_once(run_page, appliance_home: Path) -> None:
+    _settled(write_gguf(appliance_home / "models" / "tiny.gguf"))
+    app = run_page("library")
+    (before,) = [s.key for s in app.selectbox if s.label == "Model"]
+    app.text_input[0].set_value("Tiny renamed")
+    next(b for b in app.button if b.label == "Rename").click().run()
+    (selector,) = [s for s in app.selectbox if s.label == "Model"]
+    assert selector.options == ["Tiny renamed (tiny)"]
+    assert selector.key != before  # drawn anew: the browser shows the new label
+    assert app.dataframe[0].value["Name"][0] == "Tiny renamed"
 
 
 def _wait(check, timeout: float = 8.0):

@@ -1,4 +1,15 @@
-"""The chat page: conversations per model, streamed replies, stop, regenerate, context."""
+"""The chat page: conversations per model, streamed replies, stop, regenerate, context.
+
+What is on screen is what is stored: every exchange ends with a rerun that redraws the
+page from the history; Regenerate hides the reply it replaces before streaming the new
+one; a Stop (which ends the script run where it is) asks session.refresh_watch for that
+rerun. A new conversation is only a draft until its first message, so clicking New
+never leaves an empty conversation behind. Chat settings belong to the conversation for
+this browser session (widgets with persist_state="session"), or become the model's
+defaults when saved as such.
+
+Models without a chat template get a notice next to the model.
+"""
 
 from __future__ import annotations
 
@@ -10,104 +21,156 @@ import streamlit as st
 
 from appliance.engine import EngineBusy
 from appliance.errors import ApplianceError
-from appliance.ui import session
+from appliance.sampling import SETTINGS
+from appliance.ui import engine_controls, session
+from appliance.ui.guard import guarded
 from appliance.ui.library_page import setting_inputs
 from appliance.ui.services import services
 
 ROLES = ("user", "assistant")
+NEW = "new"  # the conversation selector's value for a draft not yet stored
+REGENERATE = "chat-regenerate"  # conversation id whose last reply is to be replaced
+FLASH = "chat-flash"
 
 
+@guarded
 def render() -> None:
     unlocked = session.unlocked()
     if unlocked is None:
         st.rerun()
     session.show_unlock_notices()
     svc = services()
-    try:
-        entries = [e for e in svc.library.entries() if e["status"] == "present"]
-    except ApplianceError as exc:
-        st.error(str(exc))
-        return
+    entries = [e for e in svc.library.entries() if e["status"] == "present"]
     if not entries:
         st.info("No model is available. Add one on the Import page or copy it into models/.")
         return
-    entry = _pick_model(entries, svc.host.status().model_id)
-    flash = st.session_state.pop("chat-flash", None)
+    entry, _ = _model_bar(entries, svc.host.status().model_id)
+    flash = st.session_state.pop(FLASH, None)
     if flash:
         getattr(st, flash[0])(flash[1])
     history = unlocked.history
-    conv_id = _conversations(history, entry)
-    options = _chat_settings(entry)
-    log = None
-    if conv_id is not None:
-        try:
-            log = history.messages(entry["id"], conv_id)
-        except ApplianceError as exc:
-            st.error(str(exc))
-            return
-        for warning in log.warnings:
-            st.warning(warning)
-        for message in log.messages:
-            show_message(message.role, message.content, message.meta)
-        _context_usage(log.messages)
+    conv_id = _conversation_bar(history, entry)
+    options = _chat_settings(entry, conv_id)
     prompt = st.chat_input(f"Message {entry['name']}", submit_mode="stop", key="chat-input")
-    can_regenerate = bool(log and log.messages and log.messages[-1].role == "assistant")
-    if can_regenerate and st.button("Regenerate the last reply", icon=":material/refresh:"):
-        messages = log.messages[:-1]
+    log = history.messages(entry["id"], conv_id) if conv_id else None
+    shown = list(log.messages) if log else []
+    regenerate = bool(
+        conv_id and st.session_state.pop(REGENERATE, None) == conv_id
+        and shown and shown[-1].role == "assistant"
+    )  # fmt: skip
+    if regenerate:
+        shown = shown[:-1]  # the reply being replaced leaves the screen at once
+    for warning in log.warnings if log else []:
+        st.warning(warning)
+    for message in shown:
+        show_message(message.role, message.content, message.meta)
+    if regenerate:
         conv_id = _keep_recovered(history, entry, conv_id)
-        _reply(unlocked, entry, conv_id, _as_chat(messages), options, replace=True)
+        _reply(unlocked, entry, conv_id, _as_chat(shown), options, replace=True)
         st.rerun()
     if prompt:
-        if conv_id is None:
-            conv_id = history.create(entry["id"], title=_title_from(prompt)).id
-            st.session_state[f"conv-{entry['id']}"] = conv_id
+        conv_id = conv_id or _start_conversation(history, entry, prompt)
         conv_id = _keep_recovered(history, entry, conv_id)
         history.append(entry["id"], conv_id, "user", prompt)
         show_message("user", prompt, {})
         messages = history.messages(entry["id"], conv_id).messages
         _reply(unlocked, entry, conv_id, _as_chat(messages), options, replace=False)
         st.rerun()
+    _context_usage(shown)
+    if shown and shown[-1].role == "assistant":
+        st.button("Regenerate the last reply", key=f"regen-{conv_id}", on_click=_ask_regenerate,
+                  args=(conv_id,))  # fmt: skip
 
 
-def _pick_model(entries: list[dict[str, Any]], resident: str | None) -> dict[str, Any]:
+# -- the model ------------------------------------------------------------------------------
+def _model_bar(entries: list[dict[str, Any]], resident: str | None) -> tuple[dict[str, Any], bool]:
+    """The model selector, with a notice when it has no chat template; (entry, completion)."""
     ids = [e["id"] for e in entries]
     by_id = {e["id"]: e for e in entries}
     if st.session_state.get("chat-model") not in ids:
         st.session_state["chat-model"] = resident if resident in ids else ids[0]
     label = {i: f"{e['name']} · {e['backend']}" for i, e in by_id.items()}
-    model_id = st.selectbox("Model", ids, key="chat-model", format_func=label.get)
-    return by_id[model_id]
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    model_id = left.selectbox("Model", ids, key="chat-model", format_func=label.get,
+                              persist_state="session")  # fmt: skip
+    entry = by_id[model_id]
+    if not has_fallback_prompt(entry):
+        return entry, False
+    right.caption(
+        "This model has no chat template: chat uses a plain transcript "
+        "(System:/User:/Assistant: lines) as a fallback."
+    )
+    return entry, False
 
 
-def _conversations(history, entry: dict[str, Any]) -> str | None:
-    """The conversation bar; returns the open conversation's id (None: none yet)."""
+def has_fallback_prompt(entry: dict[str, Any]) -> bool:
+    """True for a local model with no chat template (the engine's plain-transcript fallback)."""
+    return entry["format"] != "openai" and not entry["metadata"].get("chat_template")
+
+
+# -- conversations ----------------------------------------------------------------------------
+def _conversation_bar(history, entry: dict[str, Any]) -> str | None:
+    """The conversation bar; returns the open conversation's id (None: a draft)."""
     model_id = entry["id"]
     convs = history.conversations(model_id)
     key = f"conv-{model_id}"
     ids = [c.id for c in convs]
-    if st.session_state.get(key) not in ids:
-        st.session_state[key] = ids[0] if ids else None  # the latest resumes by itself
-    if not convs:
+    opened = st.session_state.pop(f"conv-open-{model_id}", None)  # see _start_conversation
+    if opened in ids:
+        st.session_state[key] = opened
+    if st.session_state.get(key) not in (*ids, NEW):
+        st.session_state[key] = ids[0] if ids else NEW  # the latest resumes by itself
+    if not ids:
         st.caption("A new conversation starts with your first message.")
         return None
     by_id = {c.id: c for c in convs}
-    cols = st.columns([4, 1, 1])
-    conv_id = cols[0].selectbox(
-        "Conversation", ids, key=key, label_visibility="collapsed",
-        format_func=lambda i: f"{by_id[i].title or 'Untitled'} · {by_id[i].message_count} messages",
-    )  # fmt: skip
-    if cols[1].button("New", icon=":material/add:", width="stretch"):
-        st.session_state[key] = history.create(model_id).id
-        st.rerun()
+
+    def label(conv_id: str) -> str:
+        if conv_id == NEW:
+            return "New conversation (starts with your first message)"
+        conv = by_id[conv_id]
+        count = conv.message_count
+        return f"{conv.title or 'Untitled'} · {count} message{'' if count == 1 else 's'}"
+
+    options = [NEW, *ids] if st.session_state[key] == NEW else ids
+    cols = st.columns([4, 1, 1], vertical_alignment="bottom")
+    conv_id = cols[0].selectbox("Conversation", options, key=key, label_visibility="collapsed",
+                                format_func=label, persist_state="session")  # fmt: skip
+    cols[1].button("New", width="stretch", key=f"new-{model_id}", on_click=_start_draft,
+                   args=(key,), help="Start a new conversation; it is saved with its first "
+                   "message.")  # fmt: skip
+    if conv_id == NEW:
+        return None
     with cols[2].popover("Manage", width="stretch"):
         _manage(history, model_id, by_id[conv_id])
+    return conv_id
+
+
+def _start_draft(key: str) -> None:
+    """New: a draft, not a stored conversation (callbacks run before the widgets exist)."""
+    st.session_state[key] = NEW
+
+
+def _start_conversation(history, entry: dict[str, Any], prompt: str) -> str:
+    """Store the draft as a conversation, titled by its first message; its settings move."""
+    conv_id = history.create(entry["id"], title=_title_from(prompt)).id
+    # The selector exists in this run already: it opens conv_id on the next run.
+    st.session_state[f"conv-open-{entry['id']}"] = conv_id
+    draft, kept = _settings_key(entry["id"], None), _settings_key(entry["id"], conv_id)
+    for setting in SETTINGS:
+        value = st.session_state.pop(f"{draft}-{setting.name}", None)
+        if value is not None:
+            st.session_state[f"{kept}-{setting.name}"] = value
     return conv_id
 
 
 def _keep_recovered(history, entry: dict[str, Any], conv_id: str) -> str:
     """The id to write to: a recovered conversation (messages found without their
     header) is kept as a regular one first, since the user is continuing it."""
-    return history.adopt(entry["id"], conv_id).id
+    kept = history.adopt(entry["id"], conv_id).id
+    if kept != conv_id:
+        st.session_state[f"conv-open-{entry['id']}"] = kept
+    return kept
 
 
 def _manage(history, model_id: str, conv) -> None:
@@ -137,13 +200,44 @@ def _act(action: Callable[[], Any]) -> None:
         st.rerun()
 
 
-def _chat_settings(entry: dict[str, Any]) -> dict[str, Any]:
-    with st.sidebar.expander("Chat settings for this model"):
-        st.caption("Start from the model's defaults (Library page); changes here apply to "
-                   "this browser session.")  # fmt: skip
-        return setting_inputs(entry["defaults"], key=f"chat-{entry['id']}")
+def _ask_regenerate(conv_id: str) -> None:
+    st.session_state[REGENERATE] = conv_id
 
 
+# -- settings -------------------------------------------------------------------------------
+def _settings_key(model_id: str, conv_id: str | None) -> str:
+    return f"chat-{model_id}-{conv_id or NEW}"
+
+
+def _chat_settings(entry: dict[str, Any], conv_id: str | None) -> dict[str, Any]:
+    """System prompt and sampling for this conversation (kept while this session lasts)."""
+    key = _settings_key(entry["id"], conv_id)
+    with st.sidebar.expander("Chat settings for this conversation"):
+        st.caption(
+            "These belong to this conversation and stay while this browser session is "
+            "unlocked. They start from the model's defaults; **Save as the model's "
+            "defaults** makes them the start of every new conversation with this model."
+        )
+        values = setting_inputs(entry["defaults"], key=key, persist=True)
+        cols = st.columns(2)
+        if cols[0].button("Save as the model's defaults", key=f"{key}-save"):
+            try:
+                services().library.set_defaults(entry["id"], values)
+            except ApplianceError as exc:
+                st.error(str(exc))
+            else:
+                st.toast(f"Saved as the defaults of {entry['name']}.")
+        cols[1].button("Reset to the model's defaults", key=f"{key}-reset",
+                       on_click=_reset_settings, args=(key,))  # fmt: skip
+    return values
+
+
+def _reset_settings(key: str) -> None:
+    for setting in SETTINGS:
+        st.session_state.pop(f"{key}-{setting.name}", None)
+
+
+# -- messages -------------------------------------------------------------------------------
 def show_message(role: str, content: str, meta: dict[str, Any]) -> None:
     """One message; model output is Markdown with HTML disabled."""
     with st.chat_message(role if role in ROLES else "assistant"):
@@ -178,22 +272,9 @@ def _title_from(prompt: str) -> str:
     return words if len(words) <= 60 else words[:57] + "…"
 
 
+# -- streaming ------------------------------------------------------------------------------
 def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], replace: bool) -> None:
     """Stream a reply and store it, even if it is stopped or the worker dies."""
-    svc = services()
-    settings = {k: v for k, v in options.items() if k != "system_prompt"}
-    api_key = unlocked.get_secret(f"api-key:{entry['id']}") if entry["format"] == "openai" else None
-    try:
-        generation = svc.host.chat(
-            entry["id"], messages, system_prompt=options["system_prompt"] or None,
-            settings=settings, api_key=api_key,
-        )  # fmt: skip
-    except EngineBusy as exc:
-        st.session_state["chat-flash"] = ("warning", str(exc))
-        return
-    except ApplianceError as exc:
-        st.session_state["chat-flash"] = ("error", str(exc))
-        return
 
     def save(text: str, meta: dict[str, Any]) -> None:
         if replace:
@@ -201,6 +282,30 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
         else:
             unlocked.history.append(entry["id"], conv_id, "assistant", text, meta)
 
+    _stream(unlocked, entry, messages, options, save)
+
+
+def _stream(
+    unlocked,
+    entry: dict[str, Any],
+    messages: list[dict[str, str]],
+    options: dict[str, Any],
+    save: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """Queue the request, show the queue, stream the text; `save` gets what arrived."""
+    svc = services()
+    settings = {k: v for k, v in options.items() if k != "system_prompt"}
+    api_key = unlocked.get_secret(f"api-key:{entry['id']}") if entry["format"] == "openai" else None
+    system_prompt = options["system_prompt"] or None
+    try:
+        generation = svc.host.chat(entry["id"], messages, system_prompt=system_prompt,
+                                   settings=settings, api_key=api_key)  # fmt: skip
+    except EngineBusy as exc:
+        st.session_state[FLASH] = ("warning", str(exc))
+        return
+    except ApplianceError as exc:
+        st.session_state[FLASH] = ("error", str(exc))
+        return
     with st.chat_message("assistant"):
         waiting = st.empty()
         while (position := generation.position()) > 0:
@@ -208,19 +313,48 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
                 waiting.info(f"Another session is using the model. You are number {position} "
                              "in the queue.")  # fmt: skip
             time.sleep(0.2)
+        _wait_for_load(svc.host, entry, generation, waiting)
         waiting.empty()
+        stream = stream_and_save(generation, save, on_first=engine_controls.refresh_panel)
         try:
-            st.write_stream(stream_and_save(generation, save))
+            st.write_stream(stream)
         except ApplianceError as exc:
-            st.session_state["chat-flash"] = ("error", str(exc))
+            st.session_state[FLASH] = ("error", str(exc))
+        except BaseException:  # Stop (or a page switch) ends the run here
+            session.request_refresh()
+            raise
+        finally:
+            stream.close()  # store what arrived now, not when the generator is collected
 
 
-def stream_and_save(generation, save: Callable[[str, dict[str, Any]], None]) -> Iterator[str]:
+def _wait_for_load(host, entry: dict[str, Any], generation, waiting) -> None:
+    """While the engine loads (or switches to) this model, say so here and in the sidebar."""
+    shown = False
+    while generation.result is None:
+        status = host.status()
+        ready = status.model_id == entry["id"] and status.phase in ("ready", "generating")
+        if ready or status.phase == "error":
+            break
+        if not shown:
+            waiting.info(f"Loading {entry['name']}…")
+            shown = True
+        engine_controls.refresh_panel()
+        time.sleep(0.25)
+    engine_controls.refresh_panel()
+
+
+def stream_and_save(
+    generation,
+    save: Callable[[str, dict[str, Any]], None],
+    on_first: Callable[[], None] | None = None,
+) -> Iterator[str]:
     """Yield the reply's chunks; on any end (done, Stop, crash) store what arrived."""
     parts: list[str] = []
     meta: dict[str, Any] = {"stopped": True}
     try:
         for chunk in generation:
+            if not parts and on_first is not None:
+                on_first()
             parts.append(chunk)
             yield chunk
         meta["stopped"] = bool(generation.result and generation.result.stopped)

@@ -9,8 +9,10 @@ import streamlit as st
 from appliance import settings
 from appliance.errors import ApplianceError
 from appliance.ui import session
+from appliance.ui.guard import guarded
 from appliance.ui.services import services
 
+PANEL_SLOT = "active-model-slot"  # this run's placeholder of the sidebar panel
 PHASES = {"idle": "No model loaded", "loading": "Loading…", "ready": "Ready",
           "generating": "Generating…", "unloading": "Unloading…", "error": "Error"}  # fmt: skip
 
@@ -32,12 +34,13 @@ def load_buttons(entry: dict[str, Any]) -> None:
         st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
                    f"context {status.context_length}).")  # fmt: skip
     label = "Reload" if resident else ("Switch to this model" if status.model_id else "Load")
-    cols = st.columns([1, 1, 5])
     key = entry["id"]
-    clicked = cols[0].button(label, type="primary", icon=":material/play_arrow:", key=f"load-{key}")
+    row = st.container(horizontal=True)  # buttons as wide as their labels, never cut
+    clicked = row.button(label, type="primary", key=f"load-{key}", width="content")
+    unload = resident and row.button("Unload", key=f"unload-{key}", width="content")
     if clicked and load(entry):
         st.rerun()
-    if resident and cols[1].button("Unload", icon=":material/eject:", key=f"unload-{key}"):
+    if unload:
         with st.spinner("Unloading…"):
             host.unload()
         st.rerun()
@@ -61,14 +64,31 @@ def load(entry: dict[str, Any]) -> bool:
     return True
 
 
-@st.fragment(run_every=3)
+@st.fragment(run_every=2)
+@guarded
 def active_model_panel() -> None:
-    """The sidebar panel: which model is active, its backend and architecture."""
+    """The sidebar panel: which model is active, its backend, architecture and phase.
+
+    It refreshes itself every 2 s; a streaming reply, during which fragments wait,
+    redraws it through refresh_panel().
+    """
+    slot = st.empty()
+    st.session_state[PANEL_SLOT] = slot
+    _draw_panel(slot)
+
+
+def refresh_panel() -> None:
+    """Redraw this session's active-model panel now (from inside a long script run)."""
+    slot = st.session_state.get(PANEL_SLOT)
+    if slot is not None:
+        _draw_panel(slot)
+
+
+def _draw_panel(slot) -> None:
     status = services().host.status()
-    st.markdown("**Active model**")
-    if not status.model_id:
-        st.caption(PHASES["idle"])
-        return
-    st.markdown(f"{status.name}  \n`{status.backend}` · `{status.architecture}`")
     detail = f" — {status.detail}" if status.detail else ""
-    st.caption(f"{PHASES.get(status.phase, status.phase)}{detail}")
+    with slot.container():
+        st.markdown("**Active model**")
+        if status.model_id:
+            st.markdown(f"{status.name}  \n`{status.backend}` · `{status.architecture}`")
+        st.caption(f"{PHASES.get(status.phase, status.phase)}{detail}")

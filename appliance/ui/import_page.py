@@ -15,12 +15,14 @@ from appliance.library.importer import DuplicateModel, Upload, import_path
 from appliance.library.inspect import inspect_model
 from appliance.library.model_info import BACKENDS
 from appliance.ui import session
+from appliance.ui.guard import guarded
 from appliance.ui.services import services
 
 MODES = {"copy": "Copy into models/", "link": "Hard link into models/", "in-place": "Use in place"}
 INFER = "(infer from the file)"
 
 
+@guarded
 def render() -> None:
     st.title("Import a model")
     path_tab, upload_tab, remote_tab = st.tabs(
@@ -218,6 +220,7 @@ def _remote() -> None:
 
 
 @st.fragment(run_every=2)
+@guarded
 def _drop_in_panel() -> None:
     st.subheader("Drop-in folder")
     watcher = services().watcher

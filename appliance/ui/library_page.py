@@ -2,49 +2,83 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import streamlit as st
 
 from appliance import format as fmt
 from appliance import hardware
+from appliance.engine import HostStatus
 from appliance.errors import ApplianceError
 from appliance.sampling import SETTINGS, Setting
 from appliance.ui import engine_controls
+from appliance.ui.guard import guarded
 from appliance.ui.services import services
-
-FIT_ICON = {
-    "fits": "🟢 fits",
-    "tight": "🟡 tight",
-    "won't fit": "🔴 won't fit",
-    "remote": "🌐 remote",
-}
 
 
 def rows(
-    entries: list[dict[str, Any]], hw: hardware.Hardware, conversations: dict[str, int]
+    entries: list[dict[str, Any]],
+    hw: hardware.Hardware,
+    conversations: dict[str, int],
+    active: HostStatus | None = None,
 ) -> list[dict[str, Any]]:
-    """The table's rows, one per model."""
+    """The table's rows, one per model; `active` marks the resident model."""
     return [
         {
             "Name": e["name"],
+            "State": _state(e, active),
+            "ID": e["id"],
             "Backend": e["backend"],
-            "Architecture": e["architecture"],
-            "Parameters": fmt.params(e["metadata"].get("parameters")),
-            "Quantisation": e["metadata"].get("quantization") or "—",
+            "Model": _model_summary(e),
             "Context": e["metadata"].get("context_length") or None,
             "Size": fmt.size(e["size_bytes"]),
             "Memory": hardware.fit(e, hw),
-            "Status": e["status"],
-            "Conversations": conversations.get(e["id"], 0),
-            "Format": e["format"],
-            "sha256": e["sha256"][:16] + "…" if e["sha256"] else "hashing…",
-            "ID": e["id"],
+            "Chats": conversations.get(e["id"], 0),
+            "sha256": e["sha256"][:10] + "…" if e["sha256"] else "hashing…",
         }
         for e in entries
     ]
 
 
+def _model_summary(entry: dict[str, Any]) -> str:
+    meta = entry["metadata"]
+    quant = meta.get("quantization") or meta.get("dtype") or "—"
+    return f"{entry['architecture'] or '?'} · {fmt.params(meta.get('parameters'))} · {quant}"
+
+
+def _state(entry: dict[str, Any], active: HostStatus | None) -> str:
+    """'● loaded' (or replying, loading) for the resident model, else the file's status."""
+    if active is not None and active.model_id == entry["id"]:
+        return {"generating": "● replying", "loading": "○ loading"}.get(active.phase, "● loaded")
+    return entry["status"]
+
+
+SELECTED = "library-selected"  # the model chosen under "Manage a model"
+
+# Sized so that every column, sha256 and id included, is in view at 1400 px (the table
+# gets about 940 px beside the sidebar); the canvas grid would scroll sideways otherwise.
+COLUMNS = {
+    "Name": st.column_config.TextColumn(width=145, pinned=True),
+    "State": st.column_config.TextColumn(
+        width=75,
+        help="● loaded: the model the engine holds now. Otherwise present, "
+        "missing or damaged (the files on disk).",
+    ),
+    "ID": st.column_config.TextColumn(width=180, help="Used by the CLI and the API."),
+    "Backend": st.column_config.TextColumn(width=75),
+    "Model": st.column_config.TextColumn(
+        width=140, help="Architecture · parameters · quantisation, from the file's header."
+    ),
+    "Context": st.column_config.NumberColumn(width=55, help="Trained context length."),
+    "Size": st.column_config.TextColumn(width=68),
+    "Memory": st.column_config.TextColumn(width=62, help="Does it fit in the free memory?"),
+    "Chats": st.column_config.NumberColumn(width=40, help="Conversations in the history."),
+    "sha256": st.column_config.TextColumn(width=95, help="The first 10 hex digits."),
+}
+
+
+@guarded
 def render() -> None:
     st.title("Model library")
     _hardware_panel(hardware.snapshot())
@@ -56,6 +90,7 @@ def render() -> None:
 
 
 @st.fragment(run_every=3)
+@guarded
 def _table() -> list[dict[str, Any]]:
     """The table refreshes by itself, so dropped-in models appear without a reload."""
     try:
@@ -72,11 +107,13 @@ def _table() -> list[dict[str, Any]]:
                 "or use the Import page.")  # fmt: skip
         return []
     hw = hardware.snapshot()
-    st.dataframe(rows(entries, hw, conversation_counts()), hide_index=True, width="stretch")
+    table = rows(entries, hw, conversation_counts(), services().host.status())
+    st.dataframe(table, hide_index=True, width="stretch", column_config=COLUMNS)
     return entries
 
 
 @st.fragment(run_every=3)
+@guarded
 def _problems() -> None:
     """Damaged models, and files in models/ that could not be added, with the reason."""
     library = services().library
@@ -156,7 +193,14 @@ def _hardware_panel(hw: hardware.Hardware) -> None:
 def _actions(entries: list[dict[str, Any]]) -> None:
     st.subheader("Manage a model")
     names = {e["id"]: f"{e['name']} ({e['id']})" for e in entries}
-    model_id = st.selectbox("Model", list(names), format_func=names.get, key="library_model")
+    ids = list(names)
+    chosen = st.session_state.get(SELECTED)
+    # The key carries the labels, so a rename draws the selector anew: its browser side
+    # keeps showing the old label for an unchanged value otherwise.
+    labels = hashlib.sha256("\n".join(names.values()).encode()).hexdigest()[:12]
+    model_id = st.selectbox("Model", ids, index=ids.index(chosen) if chosen in ids else 0,
+                            format_func=names.get, key=f"library-model-{labels}")  # fmt: skip
+    st.session_state[SELECTED] = model_id
     entry = next(e for e in entries if e["id"] == model_id)
     engine_controls.load_buttons(entry)
     _rename(entry)
@@ -179,39 +223,54 @@ def _defaults(entry: dict[str, Any]) -> None:
             _run(lambda: services().library.set_defaults(entry["id"], values), "Saved.")
 
 
-def setting_inputs(current: dict[str, Any], key: str) -> dict[str, Any]:
-    """One input per sampling setting, bounded by its declaration; returns the values."""
-    return {s.name: _setting_input(s, current[s.name], f"{key}-{s.name}") for s in SETTINGS}
+def setting_inputs(current: dict[str, Any], key: str, persist: bool = False) -> dict[str, Any]:
+    """One input per sampling setting, bounded by its declaration; returns the values.
+
+    `current` fills an input only while its key holds no value yet. With `persist`, the
+    values outlive a visit to another page (for the rest of the browser session).
+    """
+    return {
+        s.name: _setting_input(s, current[s.name], f"{key}-{s.name}", persist) for s in SETTINGS
+    }
 
 
-def _setting_input(setting: Setting, value: Any, key: str) -> Any:
+def _setting_input(setting: Setting, value: Any, key: str, persist: bool) -> Any:
     label = setting.name.replace("_", " ").capitalize()
-    low, high, helptext = setting.low, setting.high, setting.description
+    low, high = setting.low, setting.high
+    common: dict[str, Any] = {"help": setting.description, "key": key}
+    if persist:
+        common["persist_state"] = "session"
+    if key not in st.session_state:  # else the kept value (Session State) is shown
+        kind = setting.kind
+        common["value"] = kind(value)
     if setting.kind is str:
-        return st.text_area(label, value, help=helptext, key=key, max_chars=int(high))
+        return st.text_area(label, max_chars=int(high), **common)
     if setting.kind is float:
-        return st.slider(label, float(low), float(high), float(value), step=0.05, help=helptext,
-                         key=key)  # fmt: skip
-    return st.number_input(label, int(low), int(high), int(value), help=helptext, key=key)
+        return st.slider(label, float(low), float(high), step=0.05, **common)
+    return st.number_input(label, int(low), int(high), **common)
 
 
 def _remove(entry: dict[str, Any]) -> None:
-    with st.expander("Remove this model"):
+    """A form: the typed id and the tick are sent with the Remove click itself, so the
+    button works without pressing Enter first; a wrong id is refused with a message."""
+    model_id = entry["id"]
+    with st.expander("Remove this model"), st.form(f"rm-form-{model_id}", border=False):
         st.write("Removing takes the model out of the library. Its chat history is kept. "
                  "Unless you delete its files, they stay in place and the model is hidden: "
                  "it is not added again until you unhide it (under Hidden models).")  # fmt: skip
         delete = st.checkbox(
-            "Also delete its files from models/", key=f"rm-files-{entry['id']}",
+            "Also delete its files from models/", key=f"rm-files-{model_id}",
             disabled=entry["external"],
             help="Files registered in place, outside models/, are never deleted.",
         )  # fmt: skip
         confirm = st.text_input(
-            f"Type the id `{entry['id']}` to confirm", key=f"rm-confirm-{entry['id']}"
+            f"Type the id `{model_id}` to confirm", key=f"rm-confirm-{model_id}"
         )
-        if st.button(
-            "Remove", type="primary", disabled=confirm != entry["id"], key=f"rm-{entry['id']}"
-        ):
-            _run(lambda: services().library.remove(entry["id"], delete_files=delete),
+        if st.form_submit_button("Remove", type="primary", key=f"rm-{model_id}"):
+            if confirm.strip() != model_id:
+                st.error(f"Type the id `{model_id}` exactly to confirm; nothing was removed.")
+                return
+            _run(lambda: services().library.remove(model_id, delete_files=delete),
                  _removed_message(entry, delete))  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from appliance.errors import ApplianceError
 from appliance.vault import Unlocked, lazy_legacy_resolver
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 
 KEY = "vault"
 NOTICES = "unlock-notices"
+REFRESH_WANTED: set[str] = set()  # browser session ids (see request_refresh)
+# What locking forgets besides the key: open conversations, chat settings and
+# completions, all of which can hold text from the history.
+PRIVATE_PREFIXES = ("conv-", "chat-", "completion")
 
 
 def unlocked(touch: bool = True) -> Unlocked | None:
@@ -68,10 +73,32 @@ def lock(reason: str = "Locked.") -> None:
     vault: Unlocked | None = st.session_state.pop(KEY, None)
     if vault is not None and not vault.locked:
         vault.lock()
-    for key in [k for k in st.session_state if str(k).startswith("conv-")]:
+    for key in [k for k in st.session_state if str(k).startswith(PRIVATE_PREFIXES)]:
         del st.session_state[key]
     st.session_state.pop(NOTICES, None)
     st.session_state["lock_reason"] = reason
+
+
+def request_refresh() -> None:
+    """Ask for one full rerun as soon as this script run has ended.
+
+    For a run that Streamlit ends itself (the chat's Stop button): nothing after the
+    stop runs, so refresh_watch, at its next tick, redraws the page from what is stored.
+    Kept outside st.session_state, which a stopped run can no longer write (each write
+    is a yield point that raises the stop again).
+    """
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        REFRESH_WANTED.add(ctx.session_id)
+
+
+@st.fragment(run_every=1)
+def refresh_watch() -> None:
+    """Rerun the whole page once when request_refresh() was called by an ended run."""
+    ctx = get_script_run_ctx()
+    if ctx is not None and ctx.session_id in REFRESH_WANTED:
+        REFRESH_WANTED.discard(ctx.session_id)
+        st.rerun(scope="app")
 
 
 @st.fragment(run_every=15)

@@ -8,9 +8,12 @@ from appliance import settings
 from appliance.errors import ApplianceError
 from appliance.settings import APP_SETTINGS
 from appliance.ui import session
+from appliance.ui.guard import guarded
 from appliance.ui.services import services
+from appliance.vault import PASSWORD_RULE
 
 
+@guarded
 def render() -> None:
     st.title("Settings")
     _app_settings()
@@ -19,7 +22,7 @@ def render() -> None:
     st.caption(
         "Locking forgets the key in this browser session only; other sessions stay as they are."
     )
-    if st.button("Lock now", icon=":material/lock:", key="lock-now"):
+    if st.button("Lock now", key="lock-now"):
         session.lock("Locked.")
         st.rerun()
 
@@ -62,6 +65,7 @@ def apply(values: dict, auto_lock_s: int) -> None:
 
 def _change_password() -> None:
     st.subheader("Master password")
+    st.caption(PASSWORD_RULE)
     with st.form("change-password", clear_on_submit=True):
         old = st.text_input("Current password", type="password")
         new = st.text_input("New password", type="password")

@@ -1,4 +1,10 @@
-"""The unlock page: first-run password set-up, then unlock, with the throttle shown."""
+"""The unlock page: first-run password set-up, then unlock, with the throttle shown.
+
+Both are forms, so what is typed in one field is committed together with the others on
+submit (a plain text input commits when it loses focus, and the rerun that starts then
+could swallow what is typed next). While the throttle holds, a countdown fragment ticks
+every second and reruns the page when the wait is over, so Unlock comes back by itself.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,20 @@ import streamlit as st
 
 from appliance.errors import ApplianceError
 from appliance.ui import session
+from appliance.ui.guard import guarded
 from appliance.ui.services import services
-from appliance.vault import Throttled, WrongPassword, password_strength
+from appliance.vault import PASSWORD_RULE, Throttled, WeakPassword, password_strength
+
+FAILURE = "unlock-failure"
+RELOAD_NOTE = (
+    "Each browser tab unlocks on its own: reloading the page or opening a new tab locks "
+    "it again. After unlocking you go on to the page you asked for."
+)
 
 
-def render() -> None:
+@guarded
+def render(target: str | None = None) -> None:
+    """The unlock (or set-up) page; `target` is the page that was asked for, if any."""
     vault = services().vault
     _, middle, _ = st.columns([1, 2, 1])
     with middle:
@@ -18,7 +33,7 @@ def render() -> None:
         if reason:
             st.info(reason)
         if vault.initialized:
-            _unlock(vault)
+            _unlock(vault, target)
         else:
             _set_up(vault)
 
@@ -27,29 +42,42 @@ def _set_up(vault) -> None:
     st.title("Welcome")
     st.write("Choose a master password. It encrypts your chat history on this machine. "
              "There is no way to recover it: write it down somewhere safe.")  # fmt: skip
-    password = st.text_input("Master password", type="password", key="setup-pw")
+    st.caption(PASSWORD_RULE)
+    with st.form("setup", border=False, enter_to_submit=True):
+        password = st.text_input("Master password", type="password", key="setup-pw")
+        confirm = st.text_input("Confirm the password", type="password", key="setup-confirm")
+        submitted = st.form_submit_button("Create vault", type="primary", key="setup-go")
+    if not submitted:
+        return
     if password:
         score, hint = password_strength(password)
         st.progress((score + 1) / 5, text=hint)
-    confirm = st.text_input("Confirm the password", type="password", key="setup-confirm")
-    if st.button("Create vault", type="primary", key="setup-go"):
-        if password != confirm:
-            st.error("The two passwords differ. Type the same password twice.")
-            return
-        try:
-            unlocked = vault.init(password)
-        except ApplianceError as exc:
-            st.error(str(exc))
-            return
-        session.set_unlocked(unlocked)
-        st.rerun()
+    if password != confirm:
+        st.error("The two passwords differ. Type the same password twice.")
+        return
+    try:
+        unlocked = vault.init(password)
+    except WeakPassword as exc:
+        st.error(str(exc))
+        return
+    except ApplianceError as exc:
+        st.error(str(exc))
+        return
+    session.set_unlocked(unlocked)
+    st.rerun()
 
 
-def _unlock(vault) -> None:
+def _unlock(vault, target: str | None) -> None:
     st.title("Unlock")
+    st.caption((f"Unlock to open {target}. " if target else "") + RELOAD_NOTE)
+    notices = st.container()  # always there, so the form below keeps its place
+    failure = st.session_state.pop(FAILURE, None)
+    if failure:
+        notices.error(failure)
     remaining = vault.throttle_remaining()
     if remaining > 0:
-        _throttled(remaining)
+        with notices:
+            _countdown(vault)
     with st.form("unlock", border=False):
         password = st.text_input("Master password", type="password", key="unlock-pw")
         submitted = st.form_submit_button("Unlock", type="primary", disabled=remaining > 0)
@@ -58,18 +86,25 @@ def _unlock(vault) -> None:
     try:
         resolver = session.legacy_model_resolver(services().library)
         unlocked = vault.unlock(password, resolve_model=resolver)
-    except Throttled as exc:
-        _throttled(exc.remaining_s)
-    except WrongPassword as exc:
-        st.error(str(exc))
-    except ApplianceError as exc:
-        st.error(str(exc))
+    except Throttled:
+        pass  # the rerun shows the countdown, with Unlock disabled
+    except ApplianceError as exc:  # a wrong password, damaged settings...
+        st.session_state[FAILURE] = str(exc)
     else:
         session.set_unlocked(unlocked)
-        st.rerun()
+    st.rerun()  # the page, the countdown and the button as they are now
 
 
-def _throttled(remaining: float) -> None:
+@st.fragment(run_every=1)
+@guarded
+def _countdown(vault) -> None:
+    """'Try again in N s', ticking; the whole page reruns (Unlock enabled) when it ends."""
+    remaining = vault.throttle_remaining()
+    if remaining <= 0:
+        st.rerun(scope="app")
+    st.warning(f"Too many wrong passwords. Try again in {wait_text(remaining)}.")
+
+
+def wait_text(remaining: float) -> str:
     minutes, seconds = divmod(int(remaining + 0.999), 60)
-    wait = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
-    st.warning(f"Too many wrong passwords. Try again in {wait}.")
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
