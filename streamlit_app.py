@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from appliance.offline import OFFLINE_ENV
+
+os.environ.update(OFFLINE_ENV)
 
 import streamlit as st
 

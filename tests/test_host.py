@@ -65,9 +65,9 @@ def test_queue_positions_and_order(library: Library, clock: FakeClock) -> None:
     try:
         slow = add_fake_model(library, "slow", reply=SLOW, delay_s=0.01)
         quick = add_fake_model(library, "quick", reply="done")
-        running = host.chat(slow, USER, session_id="s1")
+        running = host.chat(slow, USER)
         stream, _ = first_chunk(running)
-        waiting = [host.chat(quick, USER, session_id=f"s{i}") for i in (2, 3, 4)]
+        waiting = [host.chat(quick, USER) for _ in range(3)]
         assert running.position() == 0
         assert [g.position() for g in waiting] == [1, 2, 3]
         with pytest.raises(EngineBusy, match="3 requests are already waiting"):

@@ -1,5 +1,9 @@
 """The inference engine: backends, the worker process and the host the UI keeps.
 
+host.py (queue, keep-alive, switching, the spare worker, status) drives each worker
+through protocol.WorkerClient; protocol.py holds every message between the two;
+worker.py runs one backend (backends/) in its own process, spawned by process.py.
+
 from appliance.engine import Host
 host = Host(library)
 for text in host.chat(model_id, [{"role": "user", "content": "Hi"}]):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from appliance.engine.errors import EngineError
@@ -28,15 +28,15 @@ class GenerationResult:
     finish: str = "stop"  # stop | length | cancelled | error
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChatRequest:
+    """A queued request, checked and merged with the model's defaults by Host.chat."""
+
     model_id: str
     system: str | None
     messages: list[dict[str, str]]
     settings: dict[str, Any]
     api_key: str | None = None
-    session_id: str = "default"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _END = object()

@@ -1,8 +1,9 @@
 """The host: the one resident model, in the style of ollama's scheduler.
 
-- One model is resident at a time, in a worker subprocess (process.WorkerProcess).
-  Switching stops the old worker, so its memory really returns to the system, and a
-  native crash takes down only the worker.
+- One model is resident at a time, in a worker subprocess that the host speaks to only
+  through protocol.WorkerClient (load -> Loaded, chat -> events, cancel). Switching
+  stops the old worker, so its memory really returns to the system, and a native crash
+  takes down only the worker.
 - Chat requests from every browser session go through one bounded queue served by a
   dispatcher thread: a caller can read its position, and a full queue raises
   EngineBusy at once instead of hanging.
@@ -25,22 +26,24 @@ from typing import Any
 
 from appliance.engine import backends as backend_table
 from appliance.engine import prompt
-from appliance.engine.errors import (
-    EngineBusy,
-    EngineError,
-    ModelLoadError,
-    WorkerCrashed,
-    from_kind,
-)
+from appliance.engine.errors import EngineBusy, EngineError, ModelLoadError, WorkerCrashed
 from appliance.engine.generation import ChatRequest, Generation
 from appliance.engine.options import check_options
-from appliance.engine.process import WorkerDied, WorkerProcess
+from appliance.engine.protocol import (
+    Chunk,
+    Done,
+    Error,
+    Fitted,
+    Load,
+    Loaded,
+    WorkerClient,
+    WorkerDied,
+)
 from appliance.errors import ApplianceError
 from appliance.library.library import Library
 
 PHASES = ("idle", "loading", "ready", "generating", "unloading", "error")
-POLL_S = 0.05
-WorkerFactory = Callable[[str | None], WorkerProcess]
+WorkerFactory = Callable[[str | None], WorkerClient]
 Progress = Callable[[str], None]
 
 
@@ -62,7 +65,7 @@ class _Resident:
     model_id: str
     target: str
     options: dict[str, Any]
-    worker: WorkerProcess
+    worker: WorkerClient
 
 
 class Host:
@@ -84,18 +87,17 @@ class Host:
         self.keep_alive_s = keep_alive_s
         self.queue_size = queue_size
         self.clock = clock
-        self.worker_factory: WorkerFactory = worker_factory or WorkerProcess
+        self.worker_factory: WorkerFactory = worker_factory or WorkerClient
         self.backends = dict(backends or {})
         self.spare_worker = spare_worker
         self._status = HostStatus()
         self._resident: _Resident | None = None
-        self._spare: WorkerProcess | None = None
+        self._spare: WorkerClient | None = None
         self._last_used = clock()
         self._cond = threading.Condition()
         self._waiting: deque[Generation] = deque()
         self._running: Generation | None = None
         self._run_lock = threading.RLock()  # held while a thread drives the worker
-        self._next_id = 0
         self._closed = False
         self._stop = threading.Event()
         self._threads = [
@@ -155,7 +157,6 @@ class Host:
         *,
         system_prompt: str | None = None,
         settings: dict[str, Any] | None = None,
-        session_id: str = "default",
         api_key: str | None = None,
     ) -> Generation:
         """Queue a chat request and return its Generation (EngineBusy when the queue is full)."""
@@ -165,7 +166,7 @@ class Host:
         system = merged.pop("system_prompt")
         system = system if system_prompt is None else system_prompt
         backend_table.load_target(self._target(entry["backend"])).check_available()
-        request = ChatRequest(model_id, system or None, clean, merged, api_key, session_id)
+        request = ChatRequest(model_id, system or None, clean, merged, api_key)
         with self._cond:
             if self._closed:
                 raise EngineError("The engine has been shut down.")
@@ -214,10 +215,19 @@ class Host:
                 return 0
 
     def _cancel(self, gen: Generation) -> None:
+        """Drop gen from the queue, or stop it in the worker if it is running.
+
+        The dispatcher checks gen.cancelled after its chat is in flight, so a cancel
+        that comes while the model is still loading is not lost either.
+        """
         with self._cond:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(gen)
+            running = self._running is gen
             self._cond.notify_all()
+        resident = self._resident
+        if running and resident is not None:
+            resident.worker.cancel()
 
     def _dispatch(self) -> None:
         while True:
@@ -256,14 +266,13 @@ class Host:
             return
         resident = self._resident
         assert resident is not None
-        self._next_id += 1
-        request_id = self._next_id
         self._set_phase("generating")
         try:
-            resident.worker.send({"op": "chat", "id": request_id, "system": request.system,
-                                  "messages": request.messages,
-                                  "settings": request.settings})  # fmt: skip
-            self._stream(gen, resident.worker, request_id)
+            events = resident.worker.chat(request.system, request.messages, request.settings)
+            if gen.cancelled:
+                resident.worker.cancel()
+            for event in events:
+                self._apply(gen, event)
         except WorkerDied as exc:
             name = self._status.name or request.model_id
             self._forget_worker(f"the worker died: {exc}")
@@ -274,29 +283,20 @@ class Host:
             return
         self._set_phase("ready")
 
-    def _stream(self, gen: Generation, worker: WorkerProcess, request_id: int) -> None:
-        cancel_sent = False
-        while True:
-            if gen.cancelled and not cancel_sent:
-                worker.send({"op": "cancel", "id": request_id})
-                cancel_sent = True
-            message = worker.recv(POLL_S)
-            if message is None or message.get("id") != request_id:
-                continue
-            event = message["ev"]
-            if event == "chunk":
-                gen.emit(message["text"])
-            elif event == "fitted":
-                gen.dropped_turns = message["dropped"]
-                gen.prompt_tokens = message["prompt_tokens"]
-                gen.context_length = message["context_length"]
-            elif event == "done":
-                gen.finish(finish=message["finish"], completion_tokens=message["completion_tokens"])
-                gen.add_usage(message["completion_tokens"])
-                return
-            elif event == "error":
-                gen.finish(error=from_kind(message["kind"], message["message"]))
-                return
+    @staticmethod
+    def _apply(gen: Generation, event: Chunk | Fitted | Done | Error) -> None:
+        """Pass one of the worker's chat events on to the caller's Generation."""
+        if isinstance(event, Chunk):
+            gen.emit(event.text)
+        elif isinstance(event, Fitted):
+            gen.dropped_turns = event.dropped
+            gen.prompt_tokens = event.prompt_tokens
+            gen.context_length = event.context_length
+        elif isinstance(event, Done):
+            gen.finish(finish=event.finish, completion_tokens=event.completion_tokens)
+            gen.add_usage(event.completion_tokens)  # when a cancel ended the stream first
+        elif isinstance(event, Error):
+            gen.finish(error=event.exception())
 
     # -- loading ----------------------------------------------------------------------
     def _target(self, backend: str) -> str:
@@ -333,56 +333,40 @@ class Host:
         say(f"loading {entry['name']}")
         worker = self._take_worker(target)
         try:
-            info = self._load_in(worker, target, path, entry, options or {}, api_key, say)
+            loaded = self._load_in(worker, Load(target, path, entry, options or {}, api_key), say)
         except BaseException:
             worker.kill()
             raise
         self._resident = _Resident(model_id, target, options or {}, worker)
         self._set(HostStatus(
             model_id=model_id, name=entry["name"], backend=entry["backend"],
-            architecture=entry["architecture"], phase="ready", detail=info.get("detail", ""),
-            context_length=info.get("context_length"), n_threads=info.get("n_threads"),
-            n_gpu_layers=info.get("n_gpu_layers"),
+            architecture=entry["architecture"], phase="ready", detail=loaded.detail,
+            context_length=loaded.context_length, n_threads=loaded.n_threads,
+            n_gpu_layers=loaded.n_gpu_layers,
         ))  # fmt: skip
         say("ready")
         self._start_spare(target)
 
-    def _load_in(
-        self,
-        worker: WorkerProcess,
-        target: str,
-        path: str,
-        entry: dict[str, Any],
-        options: dict[str, Any],
-        api_key: str | None,
-        say: Progress,
-    ) -> dict[str, Any]:
+    def _load_in(self, worker: WorkerClient, request: Load, say: Progress) -> Loaded:
+        def progress(text: str) -> None:
+            self._set_detail(text)
+            say(text)
+
         try:
-            worker.send({"op": "load", "target": target, "path": path, "entry": entry,
-                         "options": options, "api_key": api_key})  # fmt: skip
-            while True:
-                message = worker.recv(POLL_S)
-                if message is None:
-                    continue
-                if message["ev"] == "progress":
-                    self._set_detail(message["text"])
-                    say(message["text"])
-                elif message["ev"] == "loaded":
-                    return message["info"]
-                elif message["ev"] == "error":
-                    error = from_kind(message["kind"], message["message"])
-                    self._set(HostStatus(phase="error", detail=str(error)))
-                    raise error
+            return worker.load(request, progress)
+        except EngineError as error:  # the backend refused the model
+            self._set(HostStatus(phase="error", detail=str(error)))
+            raise
         except WorkerDied as exc:
-            hint = backend_table.load_target(target).crash_hint
+            hint = backend_table.load_target(request.target).crash_hint
             error = ModelLoadError(
-                f"Cannot load {entry['name']} ({path}): the worker process crashed while "
-                f"loading it ({exc}).{' ' + hint if hint else ''}"
+                f"Cannot load {request.entry['name']} ({request.path}): the worker process "
+                f"crashed while loading it ({exc}).{' ' + hint if hint else ''}"
             )
             self._set(HostStatus(phase="error", detail=str(error)))
             raise error from None
 
-    def _take_worker(self, target: str) -> WorkerProcess:
+    def _take_worker(self, target: str) -> WorkerClient:
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive() and spare.preload == target:
             return spare

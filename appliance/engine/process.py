@@ -1,14 +1,14 @@
-"""The host's handle on one worker process: spawn, talk, watch it die, stop it.
+"""One worker process at the operating-system level: spawn, move frames, watch it die, reap.
 
 Each resident model lives in its own `python -m appliance.engine.worker` process, so a
 segfault, an abort or an out-of-memory kill in native code ends that process only, and
-stopping it gives all its memory back to the system.
+stopping it gives all its memory back to the system. The frames are opaque bytes here:
+what they say is protocol.py's business (its WorkerClient owns a WorkerProcess).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -17,8 +17,8 @@ import sys
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
-from typing import Any
 
+from appliance.offline import OFFLINE_ENV
 from appliance.paths import APP_ROOT
 
 _SIGNAL_HINTS = {
@@ -41,10 +41,8 @@ class WorkerProcess:
     def __init__(self, preload: str | None = None) -> None:
         self.preload = preload
         parent, child = socket.socketpair()
-        env = os.environ.copy()
+        env = {**os.environ, **OFFLINE_ENV}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(APP_ROOT), env.get("PYTHONPATH"))))
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TRANSFORMERS_OFFLINE", "1")
         command = [sys.executable, "-m", "appliance.engine.worker", "--fd", str(child.fileno())]
         if preload:
             command += ["--preload", preload]
@@ -77,18 +75,16 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, frame: bytes) -> None:
         try:
-            self.conn.send_bytes(json.dumps(message).encode("utf-8"))
+            self.conn.send_bytes(frame)
         except OSError as exc:
             raise WorkerDied(self.describe_exit()) from exc
 
-    def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next message, or None after timeout seconds; WorkerDied when it is gone."""
+    def recv(self) -> bytes:
+        """The next frame (blocks); WorkerDied when the process is gone."""
         try:
-            if timeout is not None and not self.conn.poll(timeout):
-                return None
-            return json.loads(self.conn.recv_bytes())
+            return self.conn.recv_bytes()
         except (EOFError, OSError) as exc:
             raise WorkerDied(self.describe_exit()) from exc
 
@@ -106,15 +102,12 @@ class WorkerProcess:
         last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
         return f"{text}; last output: {last[:300]}" if last else text
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        """Ask the worker to exit, kill it after grace_s, and reap it."""
-        if self.alive():
-            with contextlib.suppress(WorkerDied):
-                self.send({"op": "exit"})
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def reap(self, grace_s: float) -> None:
+        """Wait up to grace_s for the process to exit (after it was asked), then kill it."""
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
         self.close()
 
     def kill(self) -> None:

@@ -1,34 +1,44 @@
 """The worker process: holds one model and runs the host's requests, one at a time.
 
-Started by the host as `python -m appliance.engine.worker --fd N`, it talks over the
-socket N with JSON messages (multiprocessing's length-prefixed frames):
+Started by the host as `python -m appliance.engine.worker --fd N`, it reads requests
+from the socket N and answers with events, the typed messages of
+appliance.engine.protocol: Load -> Progress..., Loaded or Error; Chat -> Fitted, Chunk...,
+Done or Error; Cancel stops a chat; Exit ends the process.
 
-    host -> worker  {"op": "load", "target", "path", "entry", "options", "api_key"}
-                    {"op": "chat", "id", "system", "messages", "settings"}
-                    {"op": "cancel", "id"}          {"op": "exit"}
-    worker -> host  {"ev": "progress", "text"}      {"ev": "loaded", "info"}
-                    {"ev": "fitted", "id", "dropped", "prompt_tokens", "context_length"}
-                    {"ev": "chunk", "id", "text"}   {"ev": "done", "id", "finish",
-                    "completion_tokens"}            {"ev": "error", "id", "kind", "message"}
-
-A reader thread receives messages while the main thread generates, so a cancel takes
-effect at the next token. If the host goes away, the worker exits at once.
+A reader thread receives requests while the main thread generates, so a cancel takes
+effect at the next token. If the host goes away, the worker exits at once; a request it
+cannot read ends it with exit code 2 and the reason on stderr, which the host reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import queue
+import sys
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
 
 from appliance.engine import prompt
 from appliance.engine.backends import Backend, LoadSpec, Usage, load_target
 from appliance.engine.errors import EngineError, GenerationError, ModelLoadError
+from appliance.engine.protocol import (
+    Cancel,
+    Chat,
+    Chunk,
+    Done,
+    Error,
+    Event,
+    Exit,
+    Fitted,
+    Load,
+    Progress,
+    ProtocolError,
+    Request,
+    decode_request,
+    encode,
+)
 
 
 class Worker:
@@ -36,110 +46,101 @@ class Worker:
         self.conn = conn
         self.backend: Backend | None = None
         self.context_length = 0
-        self.ops: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.requests: queue.Queue[Request] = queue.Queue()
         self.cancelled: set[int] = set()
         self.current: tuple[int, threading.Event] | None = None
         self.lock = threading.Lock()
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.conn.send_bytes(json.dumps(message).encode("utf-8"))
+    def send(self, event: Event) -> None:
+        self.conn.send_bytes(encode(event))
 
     def read_forever(self) -> None:
-        """Reader thread: queue ops, apply cancels at once, exit when the host is gone."""
+        """Reader thread: queue requests, apply cancels at once, exit when the host is gone."""
         try:
             while True:
-                message = json.loads(self.conn.recv_bytes())
-                if message.get("op") == "cancel":
+                request = decode_request(self.conn.recv_bytes())
+                if isinstance(request, Cancel):
                     with self.lock:
-                        self.cancelled.add(message["id"])
-                        if self.current and self.current[0] == message["id"]:
+                        self.cancelled.add(request.id)
+                        if self.current and self.current[0] == request.id:
                             self.current[1].set()
                 else:
-                    self.ops.put(message)
+                    self.requests.put(request)
         except (EOFError, OSError):
             os._exit(0)
+        except ProtocolError as exc:
+            print(f"worker: cannot read the host's request: {exc}", file=sys.stderr, flush=True)
+            os._exit(2)
 
     def run(self) -> None:
         threading.Thread(target=self.read_forever, daemon=True, name="worker-reader").start()
         while True:
-            message = self.ops.get()
-            op = message.get("op")
-            if op == "exit":
+            request = self.requests.get()
+            if isinstance(request, Exit):
                 break
-            if op == "load":
-                self.load(message)
-            elif op == "chat":
-                self.chat(message)
+            if isinstance(request, Load):
+                self.load(request)
+            elif isinstance(request, Chat):
+                self.chat(request)
         if self.backend is not None:
             self.backend.close()
 
-    def load(self, message: dict[str, Any]) -> None:
+    def load(self, request: Load) -> None:
         try:
-            cls = load_target(message["target"])
+            cls = load_target(request.target)
             cls.check_available()
             backend = cls()
-            spec = LoadSpec(
-                path=message["path"],
-                entry=message["entry"],
-                options=message.get("options") or {},
-                api_key=message.get("api_key"),
-            )
-            loaded = backend.load(spec, lambda text: self.send({"ev": "progress", "text": text}))
+            spec = LoadSpec(request.path, request.entry, dict(request.options), request.api_key)
+            loaded = backend.load(spec, lambda text: self.send(Progress(text)))
         except EngineError as exc:
-            self.send({"ev": "error", "kind": type(exc).__name__, "message": str(exc)})
+            self.send(Error(None, type(exc).__name__, str(exc)))
             return
         except Exception as exc:
-            self.send({"ev": "error", "kind": ModelLoadError.__name__,
-                       "message": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            self.send(Error(None, ModelLoadError.__name__, f"{type(exc).__name__}: {exc}"))
             return
         self.backend, self.context_length = backend, loaded.context_length
-        self.send({"ev": "loaded", "info": loaded.to_dict()})
+        self.send(loaded)
 
-    def chat(self, message: dict[str, Any]) -> None:
-        request_id = message["id"]
+    def chat(self, request: Chat) -> None:
         event = threading.Event()
         with self.lock:
-            if request_id in self.cancelled:
+            if request.id in self.cancelled:
                 event.set()
-            self.current = (request_id, event)
+            self.current = (request.id, event)
         try:
-            self._generate(request_id, message, event)
+            self._generate(request, event)
         except EngineError as exc:
-            self.send({"ev": "error", "id": request_id, "kind": type(exc).__name__,
-                       "message": str(exc)})  # fmt: skip
+            self.send(Error(request.id, type(exc).__name__, str(exc)))
         except Exception as exc:
-            self.send({"ev": "error", "id": request_id, "kind": GenerationError.__name__,
-                       "message": f"The backend failed: {type(exc).__name__}: {exc}"})  # fmt: skip
+            message = f"The backend failed: {type(exc).__name__}: {exc}"
+            self.send(Error(request.id, GenerationError.__name__, message))
         finally:
             with self.lock:
                 self.current = None
-                self.cancelled.discard(request_id)
+                self.cancelled.discard(request.id)
 
-    def _generate(self, request_id: int, message: dict[str, Any], event: threading.Event) -> None:
+    def _generate(self, request: Chat, event: threading.Event) -> None:
         backend = self.backend
         if backend is None:
             raise GenerationError("No model is loaded in the worker.")
-        settings = dict(message["settings"])
+        settings = dict(request.settings)
         fitted = prompt.fit(
-            message.get("system"),
-            message["messages"],
+            request.system,
+            request.messages,
             backend.count_tokens,
             self.context_length,
             settings["max_tokens"],
         )
-        self.send({"ev": "fitted", "id": request_id, "dropped": fitted.dropped,
-                   "prompt_tokens": fitted.prompt_tokens,
-                   "context_length": self.context_length})  # fmt: skip
+        self.send(Fitted(request.id, fitted.dropped, fitted.prompt_tokens, self.context_length))
         settings["max_tokens"] = fitted.max_tokens
         backend.usage = Usage()
         if not event.is_set():
             for text in backend.chat(fitted.messages, settings, event):
-                self.send({"ev": "chunk", "id": request_id, "text": text})
+                self.send(Chunk(request.id, text))
                 if event.is_set():
                     break
         finish = "cancelled" if event.is_set() else backend.usage.finish
-        self.send({"ev": "done", "id": request_id, "finish": finish,
-                   "completion_tokens": backend.usage.completion_tokens})  # fmt: skip
+        self.send(Done(request.id, finish, backend.usage.completion_tokens))
 
 
 def main(argv: list[str] | None = None) -> None:

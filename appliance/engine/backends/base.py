@@ -3,7 +3,9 @@
 A backend module stays light to import: it imports its heavy library (llama_cpp, torch,
 ctransformers...) inside its methods, so the host can read a backend's capabilities and
 check that its extra is installed without paying for the import. Backends run only
-inside the worker process (appliance.engine.worker).
+inside the worker process (appliance.engine.worker). What `load` returns, Loaded, is
+the worker protocol's event of that name (appliance.engine.protocol): the worker sends it
+to the host as it is.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import importlib
 import importlib.util
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from appliance.engine.errors import BackendUnavailable
+from appliance.engine.protocol import Loaded
 
 Log = Callable[[str], None]
 Message = dict[str, str]
@@ -29,21 +32,6 @@ class LoadSpec:
     entry: dict[str, Any]  # the registry entry (name, format, architecture, metadata)
     options: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None
-
-
-@dataclass
-class Loaded:
-    """What a backend reports once the model is ready."""
-
-    context_length: int
-    n_threads: int | None = None
-    n_gpu_layers: int | None = None
-    device: str = "cpu"
-    chat_template: bool = True
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -92,6 +80,7 @@ class Backend:
                 importlib.import_module(module)
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
+        """Load the model, reporting each step through log."""
         raise NotImplementedError
 
     def count_tokens(self, messages: list[Message]) -> int:

@@ -1,7 +1,8 @@
 """transformers + torch, for Hugging Face folders with safetensors weights.
 
-- Offline only: HF_HUB_OFFLINE=1 and local_files_only, and the folder must exist (a
-  missing local path would otherwise be taken as a hub id and retried for ~50 s).
+- Offline only: appliance.offline.OFFLINE_ENV (HF_HUB_OFFLINE=1, ...) and
+  local_files_only, and the folder must exist (a missing local path would otherwise be
+  taken as a hub id and retried for ~50 s).
 - Only safetensors: pickled .bin weights are refused (loading a pickle runs code).
 - The prompt comes from the tokenizer's chat template (`apply_chat_template`), or the
   plain-transcript fallback when the folder has none.
@@ -22,6 +23,7 @@ from appliance.engine import options as opts
 from appliance.engine.backends.base import Backend, Loaded, LoadSpec, Log, Message
 from appliance.engine.errors import ModelLoadError
 from appliance.engine.prompt import FALLBACK_STOP, StopFilter, render_fallback
+from appliance.offline import OFFLINE_ENV
 
 
 class TransformersBackend(Backend):
@@ -32,8 +34,7 @@ class TransformersBackend(Backend):
     uses_gpu = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ.update(OFFLINE_ENV)
         folder = Path(spec.path)
         if not (folder / "config.json").is_file():
             raise ModelLoadError(
