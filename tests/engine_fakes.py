@@ -1,6 +1,7 @@
 """A scripted backend and helpers for host tests: real worker processes, fake models.
 
-A fake model is a JSON file named *.gguf that tells FakeBackend what to do:
+A fake model is a JSON file named *.gguf that tells FakeBackend what to do (a completion
+streams "(continuing N words)" and then the same reply):
     reply         the text to stream, one word per chunk ("{settings}" streams the
                   request's settings and system prompt as JSON)
     delay_s       pause before each chunk
@@ -34,6 +35,7 @@ class FakeBackend(Backend):
     name = "fake"
     extra = "fake"
     formats = ("gguf",)
+    completion = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
         self.script = json.loads(Path(spec.path).read_text())
@@ -67,6 +69,16 @@ class FakeBackend(Backend):
             time.sleep(self.script.get("delay_s", 0))
             self.usage.completion_tokens += 1
             yield word if i == 0 else " " + word
+
+    def count_text(self, text: str) -> int:
+        return len(text.split()) + 1
+
+    def complete(
+        self, text: str, settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        """The script's reply, after "(continuing N words)" for a text of N words."""
+        yield f"(continuing {len(text.split())} words)"
+        yield from self.chat([{"role": "user", "content": text}], settings, cancel)
 
 
 class MissingLibraryBackend(FakeBackend):

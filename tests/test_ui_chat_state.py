@@ -226,8 +226,8 @@ def test_the_sidebar_follows_a_streaming_reply(
 
 
 def test_template_less_model_says_so_next_to_the_model(fake_engine, unlocked) -> None:
-    """Issue 10.9: the chat says when the plain-transcript fallback is in use; a model with
-    a template does not get the notice."""
+    """Issue 10.9: the chat says when the plain-transcript fallback is in use, and offers
+    completion mode; a model with a template gets neither."""
     library = Library()
     plain = add_fake_model(library, "plain")
     templated = _fake_with_template(library, "templated")
@@ -235,8 +235,10 @@ def test_template_less_model_says_so_next_to_the_model(fake_engine, unlocked) ->
     notice = "This model has no chat template: chat uses a plain transcript"
     assert app.selectbox(key="chat-model").value == plain
     assert [c.value for c in app.caption if c.value.startswith(notice)]
+    assert app.toggle(key=f"completion-mode-{plain}").label.startswith("Completion mode")
     app.selectbox(key="chat-model").set_value(templated).run()
     assert not [c.value for c in app.caption if c.value.startswith(notice)]
+    assert not [t for t in app.toggle if t.key.startswith("completion-mode-")]
 
 
 def _fake_with_template(library: Library, name: str) -> str:
@@ -259,3 +261,24 @@ def test_settings_refuses_a_weak_new_password(fake_engine, unlocked) -> None:
     next(b for b in app.button if b.label == "Change password").click().run()
     assert app.error[0].value == weakness("password")
     fast_vault().unlock(PASSWORD).lock()  # unchanged
+
+
+def test_completion_mode_continues_the_text_as_it_is(fake_engine, unlocked) -> None:
+    """Issue 10.9: the base model's completion mode; nothing goes into the history."""
+    plain = add_fake_model(Library(), "plain", reply="Paris.")
+    app = _app(unlocked)
+    app.toggle(key=f"completion-mode-{plain}").set_value(True).run()
+    assert any(c.value.startswith("Completion mode: what you send goes to the model exactly")
+               for c in app.caption)  # fmt: skip
+    assert app.chat_input(key="chat-input").proto.placeholder == "Text for plain to continue"
+    _send(app, "The capital of France is")
+    assert not app.exception and not app.error
+    shown = [m.markdown[0].value for m in app.chat_message]
+    assert shown == ["The capital of France is", "(continuing 5 words)Paris."]
+    assert unlocked.history.conversations(plain) == []
+    # Back to chat mode: the chat, unchanged. The completions stay in the session until
+    # it locks (session.lock drops every key with a private prefix).
+    app.toggle(key=f"completion-mode-{plain}").set_value(False).run()
+    assert app.chat_message.len == 0
+    assert len(app.session_state[f"completions-{plain}"]) == 1
+    assert f"completions-{plain}".startswith(session.PRIVATE_PREFIXES)

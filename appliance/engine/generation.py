@@ -37,6 +37,7 @@ class ChatRequest:
     messages: list[dict[str, str]]
     settings: dict[str, Any]
     api_key: str | None = None
+    raw: bool = False  # a completion of messages[0]'s text (Host.chat)
 
 
 _END = object()

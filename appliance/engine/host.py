@@ -158,15 +158,24 @@ class Host:
         system_prompt: str | None = None,
         settings: dict[str, Any] | None = None,
         api_key: str | None = None,
+        raw: bool = False,
     ) -> Generation:
-        """Queue a chat request and return its Generation (EngineBusy when the queue is full)."""
+        """Queue a chat request and return its Generation (EngineBusy when the queue is full).
+
+        raw: a completion. The one message's text goes to the model as it is (no chat
+        template, no system prompt) and the model continues it; see supports_completion.
+        """
         entry = self.library.get(model_id)
         clean = prompt.check_messages(messages)
         merged = prompt.merge_settings(entry.get("defaults", {}), settings)
         system = merged.pop("system_prompt")
         system = system if system_prompt is None else system_prompt
-        backend_table.load_target(self._target(entry["backend"])).check_available()
-        request = ChatRequest(model_id, system or None, clean, merged, api_key)
+        backend = backend_table.load_target(self._target(entry["backend"]))
+        backend.check_available()
+        if raw:
+            prompt.check_completion(clean, backend.completion, entry["backend"])
+        request = ChatRequest(model_id, None if raw else system or None, clean, merged, api_key,
+                              raw)  # fmt: skip
         with self._cond:
             if self._closed:
                 raise EngineError("The engine has been shut down.")
@@ -179,6 +188,11 @@ class Host:
             self._waiting.append(gen)
             self._cond.notify_all()
         return gen
+
+    def supports_completion(self, model_id: str) -> bool:
+        """Whether the model's backend can continue raw text (chat(..., raw=True))."""
+        entry = self.library.get(model_id)
+        return backend_table.load_target(self._target(entry["backend"])).completion
 
     def check_idle(self) -> bool:
         """Unload the resident model if it has been idle for keep_alive_s; True if it did."""
@@ -268,7 +282,8 @@ class Host:
         assert resident is not None
         self._set_phase("generating")
         try:
-            events = resident.worker.chat(request.system, request.messages, request.settings)
+            events = resident.worker.chat(request.system, request.messages, request.settings,
+                                          raw=request.raw)  # fmt: skip
             if gen.cancelled:
                 resident.worker.cancel()
             for event in events:

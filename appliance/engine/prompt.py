@@ -45,6 +45,17 @@ def check_messages(messages: Any) -> list[Message]:
     return clean
 
 
+def check_completion(messages: list[Message], supported: bool, backend: str) -> None:
+    """A completion (Host.chat(raw=True)) is one text, for a backend that can continue it."""
+    if not supported:
+        raise InvalidChat(
+            f"The {backend} backend has no completion mode: it only chats. Use the chat, or "
+            "load the model with llama.cpp (GGUF) or ctransformers (legacy GGML)."
+        )
+    if len(messages) != 1:
+        raise InvalidChat("A completion takes exactly one text to continue.")
+
+
 def merge_settings(defaults: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """The registry's defaults with per-request overrides, checked against sampling.SETTINGS."""
     try:
@@ -120,6 +131,20 @@ def fit(
         prompt_tokens=prompt_tokens,
         max_tokens=max(1, min(max_tokens, n_ctx - prompt_tokens)),
     )
+
+
+def fit_text(text: str, count: Callable[[str], int], n_ctx: int, max_tokens: int) -> Fitted:
+    """For a completion: the text must fit whole, with room kept for the continuation."""
+    prompt_tokens = count(text)
+    budget = n_ctx - reply_reserve(max_tokens, n_ctx)
+    if prompt_tokens > budget:
+        raise ContextOverflow(
+            f"The text is too long for this model: it takes {prompt_tokens:,} tokens, and "
+            f"the context window holds {n_ctx:,} tokens, {n_ctx - budget:,} of them kept for "
+            "the continuation. Shorten it, lower max_tokens, or load the model with a "
+            "larger context (n_ctx)."
+        )
+    return Fitted([], 0, prompt_tokens, max(1, min(max_tokens, n_ctx - prompt_tokens)))
 
 
 class StopFilter:

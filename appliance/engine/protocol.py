@@ -3,7 +3,7 @@
 Requests (host -> worker) and events (worker -> host) are frozen dataclasses:
 
     requests  Load(target, path, entry, options, api_key)    Chat(id, system, messages,
-              settings)    Cancel(id)    Exit()
+              settings, raw)    Cancel(id)    Exit()
     events    Progress(text)    Loaded(context_length, ...)    Fitted(id, dropped,
               prompt_tokens, context_length)    Chunk(id, text)    Done(id, finish,
               completion_tokens)    Error(id, kind, message)
@@ -84,6 +84,7 @@ class Chat:
     system: str | None
     messages: list[dict[str, str]]
     settings: dict[str, Any]  # merged and checked; max_tokens is always present
+    raw: bool = False  # complete messages[0]'s text as it is (Backend.complete)
 
 
 @dataclass(frozen=True)
@@ -300,12 +301,16 @@ class WorkerClient:
                 raise event.exception()
 
     def chat(
-        self, system: str | None, messages: list[dict[str, str]], settings: dict[str, Any]
+        self,
+        system: str | None,
+        messages: list[dict[str, str]],
+        settings: dict[str, Any],
+        raw: bool = False,
     ) -> Iterator[ChatEvent]:
         """Send the chat now; the iterator yields its events up to Done or Error."""
         with self._send_lock:
             self._next_id += 1
-            request = Chat(self._next_id, system, messages, settings)
+            request = Chat(self._next_id, system, messages, settings, raw)
             self._send_unlocked(request)
             self._chat_id = request.id
         return self._events(request.id)

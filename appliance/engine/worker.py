@@ -124,18 +124,20 @@ class Worker:
         if backend is None:
             raise GenerationError("No model is loaded in the worker.")
         settings = dict(request.settings)
-        fitted = prompt.fit(
-            request.system,
-            request.messages,
-            backend.count_tokens,
-            self.context_length,
-            settings["max_tokens"],
-        )
+        if request.raw:  # a completion: the text as it is
+            source = request.messages[-1]["content"]
+            fitted = prompt.fit_text(source, backend.count_text, self.context_length,
+                                     settings["max_tokens"])  # fmt: skip
+            stream = lambda: backend.complete(source, settings, event)  # noqa: E731
+        else:
+            fitted = prompt.fit(request.system, request.messages, backend.count_tokens,
+                                self.context_length, settings["max_tokens"])  # fmt: skip
+            stream = lambda: backend.chat(fitted.messages, settings, event)  # noqa: E731
         self.send(Fitted(request.id, fitted.dropped, fitted.prompt_tokens, self.context_length))
         settings["max_tokens"] = fitted.max_tokens
         backend.usage = Usage()
         if not event.is_set():
-            for text in backend.chat(fitted.messages, settings, event):
+            for text in stream():
                 self.send(Chunk(request.id, text))
                 if event.is_set():
                     break

@@ -8,7 +8,8 @@ never leaves an empty conversation behind. Chat settings belong to the conversat
 this browser session (widgets with persist_state="session"), or become the model's
 defaults when saved as such.
 
-Models without a chat template get a notice next to the model.
+Models without a chat template get a notice next to the model and a completion mode:
+the text goes to the model as it is and the model continues it.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def render() -> None:
     if not entries:
         st.info("No model is available. Add one on the Import page or copy it into models/.")
         return
-    entry, _ = _model_bar(entries, svc.host.status().model_id)
+    entry, completion = _model_bar(entries, svc.host)
     flash = st.session_state.pop(FLASH, None)
     if flash:
         getattr(st, flash[0])(flash[1])
+    if completion:
+        _completion_mode(unlocked, entry)
+        return
     history = unlocked.history
     conv_id = _conversation_bar(history, entry)
     options = _chat_settings(entry, conv_id)
@@ -83,8 +87,9 @@ def render() -> None:
 
 
 # -- the model ------------------------------------------------------------------------------
-def _model_bar(entries: list[dict[str, Any]], resident: str | None) -> tuple[dict[str, Any], bool]:
+def _model_bar(entries: list[dict[str, Any]], host) -> tuple[dict[str, Any], bool]:
     """The model selector, with a notice when it has no chat template; (entry, completion)."""
+    resident = host.status().model_id
     ids = [e["id"] for e in entries]
     by_id = {e["id"]: e for e in entries}
     if st.session_state.get("chat-model") not in ids:
@@ -96,11 +101,23 @@ def _model_bar(entries: list[dict[str, Any]], resident: str | None) -> tuple[dic
     entry = by_id[model_id]
     if not has_fallback_prompt(entry):
         return entry, False
+    if not host.supports_completion(model_id):
+        right.caption(
+            "This model has no chat template: chat uses a plain transcript "
+            "(System:/User:/Assistant: lines) as a fallback."
+        )
+        return entry, False
     right.caption(
         "This model has no chat template: chat uses a plain transcript "
-        "(System:/User:/Assistant: lines) as a fallback."
+        "(System:/User:/Assistant: lines) as a fallback. A base model often does better "
+        "in completion mode."
     )
-    return entry, False
+    completion = right.toggle(
+        "Completion mode (raw text, no chat format)",
+        key=f"completion-mode-{model_id}",
+        persist_state="session",
+    )
+    return entry, completion
 
 
 def has_fallback_prompt(entry: dict[str, Any]) -> bool:
@@ -272,6 +289,30 @@ def _title_from(prompt: str) -> str:
     return words if len(words) <= 60 else words[:57] + "…"
 
 
+# -- completion mode -----------------------------------------------------------------------
+def _completion_mode(unlocked, entry: dict[str, Any]) -> None:
+    """Raw text in, the model's continuation out; kept for this session, not in the history."""
+    st.caption(
+        "Completion mode: what you send goes to the model exactly as typed, with no chat "
+        "format and no system prompt, and the model continues the text. Completions stay "
+        "on this page until the session locks; they are not saved in the history."
+    )
+    options = _chat_settings(entry, "completion")
+    done: list[tuple[str, str, dict[str, Any]]] = st.session_state.setdefault(
+        f"completions-{entry['id']}", []
+    )
+    prompt = st.chat_input(f"Text for {entry['name']} to continue", submit_mode="stop",
+                           key="chat-input")  # fmt: skip
+    for text, continuation, meta in done:
+        show_message("user", text, {})
+        show_message("assistant", continuation, meta)
+    if prompt:
+        show_message("user", prompt, {})
+        _stream(unlocked, entry, [{"role": "user", "content": prompt}], options,
+                lambda text, meta: done.append((prompt, text, meta)), raw=True)  # fmt: skip
+        st.rerun()
+
+
 # -- streaming ------------------------------------------------------------------------------
 def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], replace: bool) -> None:
     """Stream a reply and store it, even if it is stopped or the worker dies."""
@@ -282,7 +323,7 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
         else:
             unlocked.history.append(entry["id"], conv_id, "assistant", text, meta)
 
-    _stream(unlocked, entry, messages, options, save)
+    _stream(unlocked, entry, messages, options, save, raw=False)
 
 
 def _stream(
@@ -291,15 +332,16 @@ def _stream(
     messages: list[dict[str, str]],
     options: dict[str, Any],
     save: Callable[[str, dict[str, Any]], None],
+    raw: bool,
 ) -> None:
     """Queue the request, show the queue, stream the text; `save` gets what arrived."""
     svc = services()
     settings = {k: v for k, v in options.items() if k != "system_prompt"}
     api_key = unlocked.get_secret(f"api-key:{entry['id']}") if entry["format"] == "openai" else None
-    system_prompt = options["system_prompt"] or None
+    extra = {"raw": True} if raw else {"system_prompt": options["system_prompt"] or None}
     try:
-        generation = svc.host.chat(entry["id"], messages, system_prompt=system_prompt,
-                                   settings=settings, api_key=api_key)  # fmt: skip
+        generation = svc.host.chat(entry["id"], messages, settings=settings, api_key=api_key,
+                                   **extra)  # fmt: skip
     except EngineBusy as exc:
         st.session_state[FLASH] = ("warning", str(exc))
         return

@@ -53,6 +53,7 @@ class Backend:
     exact_token_count: ClassVar[bool] = True  # False: count_tokens is an estimate
     uses_gpu: ClassVar[bool] = False
     crash_hint: ClassVar[str] = ""  # added to the message when the worker dies loading
+    completion: ClassVar[bool] = False  # complete(): continue raw text (base models)
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -91,6 +92,16 @@ class Backend:
         self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
     ) -> Iterator[str]:
         """Stream the reply's text; stop soon after `cancel` is set; fill self.usage."""
+        raise NotImplementedError
+
+    def count_text(self, text: str) -> int:
+        """Tokens of raw text, as complete() sends it (backends with `completion`)."""
+        raise NotImplementedError
+
+    def complete(
+        self, text: str, settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        """Stream the model's continuation of text as it is: no template, no stop strings."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -80,6 +80,7 @@ class CTransformersBackend(Backend):
     formats = ("ggml", "gguf")
     exact_token_count = True
     crash_hint = f"{SUPPORTED}. {SUGGESTION}"
+    completion = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
         from ctransformers import AutoModelForCausalLM
@@ -126,14 +127,27 @@ class CTransformersBackend(Backend):
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(render_fallback(messages)))
 
+    def count_text(self, text: str) -> int:
+        return len(self.tokenize(text))
+
     def chat(
         self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
     ) -> Iterator[str]:
-        tokens = self.tokenize(render_fallback(messages))
+        yield from self._stream(render_fallback(messages), FALLBACK_STOP, settings, cancel)
+
+    def complete(
+        self, text: str, settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        yield from self._stream(text, (), settings, cancel)
+
+    def _stream(
+        self, source: str, stop: tuple[str, ...], settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        tokens = self.tokenize(source)
         vocab = self.llm.vocab_size
         top_k = min(settings["top_k"] or vocab, vocab)
         seed = settings.get("seed", -1)
-        stops = StopFilter(FALLBACK_STOP)
+        stops = StopFilter(stop)
         generated: list[int] = []
         shown = ""
         for token in self.llm.generate(

@@ -77,6 +77,7 @@ class LlamaCppBackend(Backend):
     modules = ("llama_cpp",)
     formats = ("gguf",)
     uses_gpu = True
+    completion = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
         import llama_cpp
@@ -153,10 +154,26 @@ class LlamaCppBackend(Backend):
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._prompt(messages)[0])
 
+    def _text_tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+    def count_text(self, text: str) -> int:
+        return len(self._text_tokens(text))
+
     def chat(
         self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
     ) -> Iterator[str]:
-        tokens, stop, criteria = self._prompt(messages)
+        yield from self._stream(*self._prompt(messages), settings, cancel)
+
+    def complete(
+        self, text: str, settings: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
+        yield from self._stream(self._text_tokens(text), [], None, settings, cancel)
+
+    def _stream(
+        self, tokens: list[int], stop: list[str], criteria: Any, settings: dict[str, Any],
+        cancel: threading.Event,
+    ) -> Iterator[str]:  # fmt: skip
         seed = settings.get("seed", -1)
         stream = self.llm.create_completion(
             tokens,
