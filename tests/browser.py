@@ -273,7 +273,8 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
         found += guard.problems()
         GUARDS.remove(guard)
         page.context.close()
-    assert not found, "the browser saw:\n- " + "\n- ".join(found)
+    if found:
+        pytest.fail("the browser saw:\n- " + "\n- ".join(found), pytrace=False)
 
 
 @pytest.fixture
@@ -286,15 +287,52 @@ def shot(page: Page, name: str, folder: Path = SHOTS, full_page: bool = True) ->
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     page.wait_for_timeout(300)
-    page.screenshot(path=str(path), full_page=full_page)
+    size = page.viewport_size
+    # Streamlit scrolls inside its main area, so a "full page" shot needs a taller window.
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll("
+        "'[data-testid=stMain], [data-testid=stSidebarContent]')].map(e => e.scrollHeight), 0)"
+    )
+    if full_page and size and height > size["height"]:
+        page.set_viewport_size({"width": size["width"], "height": height})
+        page.wait_for_timeout(300)
+    try:
+        page.screenshot(path=str(path), full_page=full_page)
+    finally:
+        if size and page.viewport_size != size:
+            page.set_viewport_size(size)
     return path
 
 
+RUNNING = "['running', 'rerunRequested', 'stopRequested']"
+IDLE_JS = f"""() => {{
+    const app = document.querySelector('[data-testid="stApp"]');
+    return !!app && !{RUNNING}.includes(app.dataset.testScriptState);
+}}"""
+
+
 def wait_idle(page: Page, timeout_ms: int = 60_000) -> None:
-    """Wait until Streamlit has finished the current run."""
-    page.wait_for_selector("[data-testid='stApp']")
+    """Wait until Streamlit has finished the current run (the app's script-state mark).
+
+    A click's rerun reaches the server a moment later, so this first gives it 200 ms.
+    """
+    page.wait_for_timeout(200)
+    page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling=100)
+
+
+def settle(page: Page, timeout_ms: int = 90_000) -> None:
+    """Wait until no script run and no reply (the Stop button) for a whole second."""
+    page.evaluate("() => { window.__busyAt = Date.now(); }")
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms
+        f"""() => {{
+            const busy = !({IDLE_JS})()
+                || !!document.querySelector('[data-testid="stChatInputStopButton"]');
+            const now = Date.now();
+            if (busy) {{ window.__busyAt = now; return false; }}
+            return now - window.__busyAt >= 1000;
+        }}""",
+        timeout=timeout_ms,
+        polling=100,
     )
 
 

@@ -8,6 +8,7 @@ test-artifacts/screenshots/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -33,6 +34,7 @@ from tests.browser import (
     messages,
     send,
     set_up,
+    settle,
     shot,
     unlock,
     wait_idle,
@@ -44,11 +46,29 @@ NEW_PASSWORD = "Another-long-passphrase-for-2025!"
 STORY = "Write a very long story about a dragon, at least 2000 words."
 
 
+class Soft:
+    """Checks of the UI's known defects (issue 10) that let the journey go on when they
+    fail, so that one run reports every defect; the test fails at the end if any did."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except AssertionError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            actual = [line for line in lines[1:] if line.startswith("Actual value")]
+            self.failed.append(f"{what}: " + " ".join(lines[:1] + actual[:1]))
+
+
 @pytest.fixture
-def server(appliance_home: Path) -> Iterator[AppServer]:
-    app = AppServer(appliance_home).start()
-    yield app
-    app.stop()
+def soft() -> Iterator[Soft]:
+    checks = Soft()
+    yield checks
+    if checks.failed:
+        pytest.fail("the journey found:\n- " + "\n- ".join(checks.failed), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +79,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("base") / "SmolLM2-base.gguf"
     subprocess.run(
         [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", "--force",
-         "--remove-metadata", "tokenizer.chat_template", "--general-name", "SmolLM2 base",
+         "--remove-metadata", "tokenizer.chat_template", "--general-name", "SmolLM2-base",
          str(DEMO_MODEL), str(out)],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -71,7 +91,7 @@ def sidebar(page: Page) -> Locator:
 
 
 def main(page: Page) -> Locator:
-    return page.get_by_test_id("stMain")
+    return page.get_by_role("main")
 
 
 def conversation(page: Page) -> Locator:
@@ -82,7 +102,27 @@ def shown_count_matches(page: Page) -> None:
     """What the conversation bar says is what the page shows (issue 10.6)."""
     wait_idle(page)
     count = messages(page).count()
-    expect(conversation(page)).to_have_value(re.compile(rf"· {count} messages?$"))
+    expect(conversation(page)).to_have_value(re.compile(rf"· {count} messages?$"), timeout=5000)
+
+
+def opened(expander: Locator) -> Locator:
+    """The expander, opened (a rerun may have closed it)."""
+    wait_idle(page := expander.page)
+    details = expander.locator("details").first
+    if not details.evaluate("d => d.open"):
+        expander.locator("summary").first.click()
+        wait_idle(page)
+    expect(details).to_have_js_property("open", True)
+    return expander
+
+
+def tick(menu: Locator, label: str) -> None:
+    """Tick the checkbox called label (and see it ticked: a rerun may reset it)."""
+    box = menu.get_by_role("checkbox", name=label)
+    if not box.is_checked():
+        menu.get_by_text(label, exact=True).click()
+        wait_idle(menu.page)
+    expect(box).to_be_checked()
 
 
 def manage(page: Page) -> Locator:
@@ -95,69 +135,80 @@ def manage(page: Page) -> Locator:
 
 
 def reply_done(page: Page, index: int = 1, timeout: int = 90_000) -> Locator:
-    """Wait until the reply at index has arrived and the run is over."""
+    """Wait until the reply at index has arrived and the page has settled."""
     reply = messages(page).nth(index)
     expect(reply).not_to_be_empty(timeout=timeout)
-    expect(page.get_by_test_id("stChatInputStopButton")).to_be_hidden(timeout=timeout)
-    wait_idle(page)
+    settle(page, timeout)
     return reply
 
 
-def not_cut(locator: Locator) -> bool:
-    """True when no part of the element's text is clipped (ellipsis or overflow)."""
+def cut(locator: Locator) -> list[str]:
+    """The parts of an element whose content is clipped (scrolls or is cut off sideways)."""
     return locator.evaluate(
-        """el => [el, ...el.querySelectorAll('*')].every(
-            e => e.scrollWidth <= e.clientWidth + 1 || getComputedStyle(e).overflow === 'visible')"""
+        """el => [el, ...el.querySelectorAll('*')]
+            .filter(e => e.scrollWidth > e.clientWidth + 1
+                         && getComputedStyle(e).overflowX !== 'visible')
+            .map(e => `${e.tagName.toLowerCase()}.${e.className} (${e.innerText.slice(0, 40)}):`
+                      + ` ${e.scrollWidth} px in ${e.clientWidth}`)"""
     )
 
 
 # ---- Chat --------------------------------------------------------------------------------
 
 
-def test_chat_page_every_control(appliance_home: Path, demo_model: Path, page: Page) -> None:
+def test_chat_page_every_control(
+    appliance_home: Path, demo_model: Path, page: Page, soft: Soft
+) -> None:
     """Settings, send, Regenerate, New, switch, Rename, both exports, Clear, Delete, Stop."""
     with_demo(appliance_home, demo_model, max_tokens=200)
     server = AppServer(appliance_home).start()
     try:
         set_up(page, server.url)
-        expect(
-            page.get_by_text("A new conversation starts with your first message.")
-        ).to_be_visible()
+        expect(main(page).get_by_text(re.compile("conversation starts with your first message"))
+               ).to_be_visible()  # fmt: skip
 
         # Chat settings in the sidebar: every control, and they stick across pages (10.5).
-        page.get_by_text("Chat settings", exact=False).first.click()
-        prompt = sidebar(page).get_by_label("System prompt")
+        chat_settings = sidebar(page).get_by_test_id("stExpander").filter(has_text="settings")
+        prompt = opened(chat_settings).get_by_label("System prompt", exact=True)
         prompt.fill("You are a helpful assistant. Answer briefly.")
         prompt.press("Control+Enter")
+        wait_idle(page)
         for label in ("Temperature", "Top p", "Repeat penalty"):
-            slider = sidebar(page).get_by_role("slider", name=label)
+            slider = opened(chat_settings).get_by_role("slider", name=label)
             slider.focus()
             slider.press("ArrowRight")
             slider.press("ArrowLeft")
+            wait_idle(page)
         for label, value in (("Top k", "40"), ("Max tokens", "4000"), ("Seed", "42")):
-            box = sidebar(page).get_by_label(label, exact=True)
+            box = opened(chat_settings).get_by_label(label, exact=True)
             box.fill(value)
             box.press("Enter")
-        wait_idle(page)
+            wait_idle(page)
         shot(page, "chat-settings")
         go(page, "Library")
         go(page, "Chat")
-        page.get_by_text("Chat settings", exact=False).first.click()
-        expect(sidebar(page).get_by_label("System prompt")).to_have_value(
-            "You are a helpful assistant. Answer briefly."
-        )
-        expect(sidebar(page).get_by_label("Max tokens", exact=True)).to_have_value("4000")
+        with soft("10.5 the system prompt is kept after visiting another page"):
+            expect(opened(chat_settings).get_by_label("System prompt", exact=True)).to_have_value(
+                "You are a helpful assistant. Answer briefly."
+            )
+        with soft("10.5 max tokens are kept after visiting another page"):
+            expect(chat_settings.get_by_label("Max tokens", exact=True)).to_have_value("4000")
 
         # Send, then Regenerate: the old reply goes, the count follows (10.6).
         send(page, "What is the capital of France?")
         expect(messages(page).nth(1)).to_contain_text("Paris", timeout=90_000)
         reply_done(page)
-        shown_count_matches(page)
+        with soft("10.6 the message count after a reply"):
+            shown_count_matches(page)
         page.get_by_role("button", name="Regenerate the last reply").click()
+        page.wait_for_timeout(300)
+        with soft("10.6 during Regenerate the old reply is gone"):
+            expect(messages(page)).to_have_count(2, timeout=1000)
         reply_done(page)
         expect(messages(page)).to_have_count(2)
         expect(messages(page).nth(1)).to_contain_text("Paris")
-        shown_count_matches(page)
+        with soft("10.6 the message count after Regenerate"):
+            shown_count_matches(page)
         shot(page, "chat")
 
         # New (10.1), twice: one new conversation, not a trail of empty ones.
@@ -168,25 +219,36 @@ def test_chat_page_every_control(appliance_home: Path, demo_model: Path, page: P
         wait_idle(page)
         send(page, "Say hello.")
         reply_done(page)
-        shown_count_matches(page)
+        with soft("10.6 the message count in a new conversation"):
+            shown_count_matches(page)
         conversation(page).click()
         options = page.get_by_role("option")
-        expect(options).to_have_count(2)
+        with soft("10.1 New leaves no empty conversations behind"):
+            expect(options).to_have_count(2)
         expect(options.filter(has_text="capital of France")).to_have_count(1)
 
         # Switch back to the first conversation.
         options.filter(has_text="capital of France").click()
         wait_idle(page)
         expect(messages(page).nth(1)).to_contain_text("Paris")
-        shown_count_matches(page)
+        with soft("10.6 the message count after switching"):
+            shown_count_matches(page)
 
         # Manage: Rename (the bar shows the new title at once), both exports.
         menu = manage(page)
         menu.get_by_label("Title").fill("Capitals")
         menu.get_by_role("button", name="Rename", exact=True).click()
         wait_idle(page)
-        expect(conversation(page)).to_have_value(re.compile(r"^Capitals · 2 messages$"))
+        with soft("10.6 the conversation bar shows the new title"):
+            expect(conversation(page)).to_have_value(
+                re.compile(r"^Capitals · 2 messages$"), timeout=5000
+            )
         shot(page, "chat-manage")
+        go(page, "Chat")  # a fresh page for the next steps, whatever the bar showed
+        with soft("the open conversation stays open when the Chat link is clicked"):
+            expect(conversation(page)).to_have_value(re.compile("^Capitals"), timeout=5000)
+        if not conversation(page).input_value().startswith("Capitals"):
+            choose(page, "Conversation", re.compile("^Capitals"))
         menu = manage(page)
         with page.expect_download() as md:
             menu.get_by_role("button", name="Export as Markdown").click()
@@ -194,19 +256,19 @@ def test_chat_page_every_control(appliance_home: Path, demo_model: Path, page: P
         menu = manage(page)
         with page.expect_download() as js:
             menu.get_by_role("button", name="Export as JSON").click()
-        exported = json.loads(Path(js.value.path()).read_text())
-        assert "Paris" in json.dumps(exported)
+        assert "Paris" in json.dumps(json.loads(Path(js.value.path()).read_text()))
 
         # Clear, then Delete (each asks for the tick first).
         menu = manage(page)
         expect(menu.get_by_role("button", name="Clear messages")).to_be_disabled()
-        menu.get_by_text("I really want to delete").click()
+        tick(menu, "I really want to delete")
         menu.get_by_role("button", name="Clear messages").click()
         wait_idle(page)
         expect(messages(page)).to_have_count(0)
-        expect(conversation(page)).to_have_value(re.compile(r"^Capitals · 0 messages$"))
+        with soft("10.6 the message count after Clear"):
+            expect(conversation(page)).to_have_value(re.compile(r"· 0 messages$"))
         menu = manage(page)
-        menu.get_by_text("I really want to delete").click()
+        tick(menu, "I really want to delete")
         menu.get_by_role("button", name="Delete conversation").click()
         wait_idle(page)
         expect(conversation(page)).not_to_have_value(re.compile("Capitals"))
@@ -218,15 +280,24 @@ def test_chat_page_every_control(appliance_home: Path, demo_model: Path, page: P
         page.wait_for_timeout(1500)
         page.get_by_test_id("stChatInputStopButton").click()
         wait_idle(page)
-        expect(page.get_by_text("Stopped: the reply was cut short.")).to_be_visible()
+        with soft("10.6 a stopped reply is marked at once"):
+            expect(page.get_by_text("Stopped: the reply was cut short.")).to_be_visible()
         regenerate = page.get_by_role("button", name="Regenerate the last reply")
-        expect(regenerate).to_have_count(1)
-        last = messages(page).last.bounding_box()
-        assert last is not None and regenerate.bounding_box()["y"] > last["y"], (
-            "Regenerate is shown above the last reply"
-        )
-        shown_count_matches(page)
+        with soft("10.6 one Regenerate button after Stop"):
+            expect(regenerate).to_have_count(1)
+
+        def regenerate_below() -> None:
+            last, button = messages(page).last.bounding_box(), regenerate.first.bounding_box()
+            assert last and button and button["y"] > last["y"], "Regenerate is above the reply"
+
+        with soft("10.6 Regenerate sits below the stopped reply"):
+            regenerate_below()
+        with soft("10.6 the message count after Stop"):
+            shown_count_matches(page)
         shot(page, "chat-stopped")
+        go(page, "Chat")  # what is stored
+        expect(page.get_by_text("Stopped: the reply was cut short.")).to_be_visible()
+        expect(messages(page)).to_have_count(4)
     finally:
         server.stop()
 
@@ -263,7 +334,7 @@ def table_row(page: Page, text: str) -> Locator:
 
 
 def test_library_page_every_control(
-    appliance_home: Path, demo_model: Path, base_model: Path, page: Page
+    appliance_home: Path, demo_model: Path, base_model: Path, page: Page, soft: Soft
 ) -> None:
     """Load, mark, Switch, Unload, Rename, Save defaults, Remove (hide), Remove with files."""
     with_demo(appliance_home, demo_model)
@@ -275,27 +346,31 @@ def test_library_page_every_control(
         go(page, "Library")
         table = page.get_by_test_id("stDataFrame")
         expect(table).to_contain_text("SmolLM2-135M-Instruct")
-        expect(table).to_contain_text("SmolLM2 base")
+        expect(table).to_contain_text("SmolLM2-base")
         # sha256 and id are in view at 1400 px (10.8): the grid does not scroll sideways.
-        assert not_cut(table), "the library table is cut off on the right at 1400 px"
+        with soft("10.8 the library table fits 1400 px"):
+            fits(table)
 
         choose(page, "Model", re.compile("SmolLM2-135M-Instruct"))
         page.get_by_role("button", name="Load", exact=True).click()
         expect(page.get_by_text("is loaded (llama.cpp")).to_be_visible(timeout=90_000)
         expect(sidebar(page)).to_contain_text("SmolLM2-135M-Instruct")
         # The loaded model is marked in the table (10.8).
-        expect(table_row(page, DEMO_ID)).to_contain_text(re.compile("loaded", re.I))
-        expect(table_row(page, base_id)).not_to_contain_text(re.compile("loaded", re.I))
+        with soft("10.8 the loaded model is marked"):
+            expect(table_row(page, DEMO_ID)).to_contain_text(re.compile("loaded|●|✓|yes", re.I))
         shot(page, "library")
 
         # Switch: the label is whole (10.8), the other model becomes the active one.
-        choose(page, "Model", re.compile("SmolLM2 base"))
+        choose(page, "Model", re.compile("SmolLM2-base"))
         switch = page.get_by_role("button", name=re.compile("^Switch"))
         expect(switch).to_be_visible()
-        assert not_cut(switch), "the Switch button's label is cut"
+        with soft("10.8 the Switch button's label is whole"):
+            fits(switch)
         switch.click()
-        expect(page.get_by_text("SmolLM2 base is loaded")).to_be_visible(timeout=90_000)
-        expect(sidebar(page)).to_contain_text("SmolLM2 base", timeout=10_000)
+        expect(page.get_by_text("SmolLM2-base is loaded")).to_be_visible(timeout=90_000)
+        expect(sidebar(page)).to_contain_text("SmolLM2-base", timeout=10_000)
+        with soft("10.8 the switched-to model is marked"):
+            expect(table_row(page, base_id)).to_contain_text(re.compile("loaded|●|✓|yes", re.I))
 
         # Unload.
         page.get_by_role("button", name="Unload", exact=True).click()
@@ -303,17 +378,18 @@ def test_library_page_every_control(
         expect(sidebar(page)).to_contain_text("No model loaded", timeout=10_000)
 
         # Rename: the selectors here and on the Chat page show the new name (10.6).
-        name = page.get_by_label("Display name")
-        name.fill("Plain SmolLM2")
+        page.get_by_label("Display name").fill("Plain SmolLM2")
         page.get_by_role("button", name="Rename", exact=True).click()
         wait_idle(page)
-        expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(
-            re.compile("Plain SmolLM2")
-        )
+        with soft("10.6 the Library's selector shows the new name"):
+            expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value(
+                re.compile("Plain SmolLM2")
+            )
         expect(table).to_contain_text("Plain SmolLM2")
         go(page, "Chat")
         page.get_by_role("combobox", name="Model", exact=True).click()
-        expect(page.get_by_role("option", name=re.compile("Plain SmolLM2"))).to_have_count(1)
+        with soft("10.6 the Chat's selector shows the new name"):
+            expect(page.get_by_role("option", name=re.compile("Plain SmolLM2"))).to_have_count(1)
         page.keyboard.press("Escape")
         go(page, "Library")
 
@@ -321,28 +397,34 @@ def test_library_page_every_control(
         choose(page, "Model", re.compile("Plain SmolLM2"))
         page.get_by_text("Chat defaults for this model").click()
         form = page.get_by_test_id("stForm").filter(has_text="Save defaults")
-        form.get_by_label("System prompt").fill("Continue the text.")
+        form.get_by_label("System prompt", exact=True).fill("Continue the text.")
         slider = form.get_by_role("slider", name="Temperature")
         slider.focus()
         for _ in range(4):
             slider.press("ArrowRight")
+        for label in ("Top p", "Repeat penalty"):
+            form.get_by_role("slider", name=label).focus()
+            form.get_by_role("slider", name=label).press("ArrowLeft")
         form.get_by_label("Max tokens", exact=True).fill("99")
         form.get_by_label("Top k", exact=True).fill("7")
+        form.get_by_label("Seed", exact=True).fill("5")
         form.get_by_role("button", name="Save defaults").click()
         wait_idle(page)
         defaults = Library().get(base_id)["defaults"]
         assert defaults["system_prompt"] == "Continue the text."
-        assert defaults["max_tokens"] == 99 and defaults["top_k"] == 7
+        assert (defaults["max_tokens"], defaults["top_k"], defaults["seed"]) == (99, 7, 5)
         assert defaults["temperature"] == pytest.approx(0.7 + 4 * 0.05)
+        assert defaults["top_p"] == pytest.approx(0.90)
 
         # Remove without its files: typed id, no Enter (10.8); it stays hidden (9.3).
         page.get_by_text("Remove this model").click()
         page.get_by_label(re.compile("Type the id")).press_sequentially(base_id)
-        page.get_by_role("button", name="Remove", exact=True).click()
+        page.get_by_role("button", name="Remove", exact=True).click(timeout=5000)
         wait_idle(page)
         expect(table).not_to_contain_text("Plain SmolLM2")
         page.wait_for_timeout(6000)  # longer than a watcher pass and a table refresh
-        expect(table).not_to_contain_text("SmolLM2 base")
+        with soft("9.3 a removed model stays removed"):
+            expect(table).not_to_contain_text("SmolLM2-base")
         assert (appliance_home / "models" / base_model.name).exists()
 
         # Remove the demo with its files.
@@ -350,13 +432,18 @@ def test_library_page_every_control(
         page.get_by_text("Remove this model").click()
         page.get_by_text("Also delete its files from models/").click()
         page.get_by_label(re.compile("Type the id")).press_sequentially(DEMO_ID)
-        page.get_by_role("button", name="Remove", exact=True).click()
+        page.get_by_role("button", name="Remove", exact=True).click(timeout=5000)
         wait_idle(page)
         expect(table).not_to_contain_text("SmolLM2-135M-Instruct")
         assert not (appliance_home / "models" / demo_model.name).exists()
         shot(page, "library-after-remove")
     finally:
         server.stop()
+
+
+def fits(locator: Locator) -> None:
+    clipped = cut(locator)
+    assert not clipped, "content is cut off: " + "; ".join(clipped)
 
 
 # ---- Import ------------------------------------------------------------------------------
@@ -489,7 +576,7 @@ def test_import_page_every_route(
                     models / "dropped.gguf")  # fmt: skip
         (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\x00" * 60)
         shutil.copy(tmp_path / "broken.gguf", models / "broken.gguf")
-        panel = page.get_by_test_id("stMain")
+        panel = main(page)
         expect(panel.get_by_text(re.compile("dropped.gguf")).first).to_be_visible(timeout=20_000)
         expect(panel.get_by_text(re.compile("broken.gguf")).first).to_be_visible(timeout=20_000)
         page.wait_for_timeout(5000)  # a few refreshes of the panel
