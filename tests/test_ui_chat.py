@@ -105,12 +105,21 @@ def test_corrupted_model_gives_a_readable_error(run_page, demo: dict, appliance_
     path.unlink()  # break the hard link: the test's copy only
     path.write_bytes(data[: len(data) // 2])
     os.utime(path, (time.time() - 60, time.time() - 60))
+    # The library reads the changed file again: the model is damaged, and every page
+    # says so in a sentence that names the file and what to do.
     app = run_page("chat")
-    _send(app, "Hello")
     assert not app.exception
-    message = app.error[0].value
-    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in message
-    assert "Traceback" not in message
+    assert app.info[0].value == (
+        "No model is available. Add one on the Import page or copy it into models/. "
+        "1 model(s) in the library are missing or damaged: the Library page says why."
+    )
+    library = run_page("library")
+    assert not library.exception
+    (damaged,) = [e.value for e in library.error]
+    assert "is damaged: Tensor 'blk." in damaged and "the file is truncated" in damaged
+    assert "put a good copy at models/SmolLM2-135M-Instruct.Q4_1.gguf" in damaged
+    assert library.warning[0].value.startswith("This model's file is damaged")
+    assert not [b for b in library.button if b.label in ("Load", "Switch to this model")]
 
 
 def test_busy_queue_is_a_warning(run_page, demo: dict) -> None:

@@ -41,9 +41,15 @@ def render() -> None:
         st.rerun()
     session.show_unlock_notices()
     svc = services()
-    entries = [e for e in svc.library.entries() if e["status"] == "present"]
+    every = svc.library.entries()
+    entries = [e for e in every if e["status"] == "present"]
     if not entries:
-        st.info("No model is available. Add one on the Import page or copy it into models/.")
+        broken = len(every)
+        st.info(
+            "No model is available. Add one on the Import page or copy it into models/."
+            + (f" {broken} model(s) in the library are missing or damaged: the Library "
+               "page says why." if broken else "")
+        )  # fmt: skip
         return
     entry, completion = _model_bar(entries, svc.host)
     flash = st.session_state.pop(FLASH, None)

@@ -12,6 +12,11 @@ from appliance.ui import session
 from appliance.ui.guard import guarded
 from appliance.ui.services import services
 
+NOT_LOADABLE = {
+    "missing": "The files of this model are missing. Put them back or remove the entry.",
+    "damaged": "This model's file is damaged (the reason is above): it cannot be loaded. "
+    "Put a good copy back or remove the entry.",
+}
 PANEL_SLOT = "active-model-slot"  # this run's placeholder of the sidebar panel
 PHASES = {"idle": "No model loaded", "loading": "Loading…", "ready": "Ready",
           "generating": "Generating…", "unloading": "Unloading…", "error": "Error"}  # fmt: skip
@@ -28,7 +33,7 @@ def load_buttons(entry: dict[str, Any]) -> None:
     status = host.status()
     resident = status.model_id == entry["id"] and status.phase in ("ready", "generating")
     if entry["status"] != "present" and entry["format"] != "openai":
-        st.warning("The files of this model are missing. Put them back or remove the entry.")
+        st.warning(NOT_LOADABLE.get(entry["status"], NOT_LOADABLE["missing"]))
         return
     if resident:
         st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
