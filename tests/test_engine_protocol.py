@@ -37,6 +37,7 @@ REQUESTS = [
     Load("m:C", "http://h/v1", {}, {}),
     Chat(7, "Be brief.", [{"role": "user", "content": "héllo ✓"}], {"max_tokens": 8, "top_p": 1}),
     Chat(8, None, [], {}),
+    Chat(9, None, [{"role": "user", "content": "Once upon"}], {"max_tokens": 8}, raw=True),
     Cancel(7),
     Exit(),
 ]  # fmt: skip

@@ -60,7 +60,8 @@ class WorkerProcess:
             child.close()
         self.conn = Connection(parent.detach())
         self.stderr_tail: deque[str] = deque(maxlen=20)
-        threading.Thread(target=self._drain_stderr, daemon=True, name="worker-stderr").start()
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True, name="worker-stderr")
+        self._drain.start()
 
     @property
     def pid(self) -> int:
@@ -94,6 +95,7 @@ class WorkerProcess:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             return "its connection closed"
+        self._drain.join(timeout=1)  # its last words may still be in the pipe
         if code < 0:
             sig = signal.Signals(-code)
             text = f"{sig.name}: {_SIGNAL_HINTS.get(sig, 'killed by a signal')}"

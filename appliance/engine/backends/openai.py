@@ -43,7 +43,7 @@ class OpenAIBackend(Backend):
             "max_model_len")  # fmt: skip
         n_ctx = spec.options.get("n_ctx") or min(served or opts.DEFAULT_CTX_CAP,
                                                  opts.DEFAULT_CTX_CAP)  # fmt: skip
-        return Loaded(context_length=n_ctx, device="remote",
+        return Loaded(context_length=int(n_ctx), device="remote",
                       detail=f"{self.model} at {self.client.base_url}")  # fmt: skip
 
     def count_tokens(self, messages: list[Message]) -> int:
