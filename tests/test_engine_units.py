@@ -1,6 +1,9 @@
-"""Small engine parts: options, stop strings, llama.cpp log reasons, the backend table."""
+"""Small engine parts: options, stop strings, llama.cpp log reasons, the backend table,
+the workers' offline environment."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -8,8 +11,10 @@ from appliance.engine import BackendUnavailable, InvalidOptions, options
 from appliance.engine import backends as table
 from appliance.engine.backends.llama_cpp import LlamaLog
 from appliance.engine.errors import RemoteServerError
+from appliance.engine.process import WorkerProcess
 from appliance.engine.prompt import StopFilter
 from appliance.engine.remote import normalize_base_url
+from appliance.offline import OFFLINE_ENV
 
 
 def test_default_context_is_capped_by_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +86,14 @@ def test_normalize_base_url() -> None:
     assert normalize_base_url(" https://h/v1/ ") == "https://h/v1"
     with pytest.raises(RemoteServerError, match="not a server address"):
         normalize_base_url("h:8000")
+
+
+def test_workers_run_in_the_offline_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the worker's environment overrides it
+    worker = WorkerProcess()
+    try:
+        lines = Path(f"/proc/{worker.pid}/environ").read_bytes().decode().split("\0")
+    finally:
+        worker.kill()
+    environ = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert {k: environ.get(k) for k in OFFLINE_ENV} == OFFLINE_ENV
