@@ -180,10 +180,7 @@ _EVENTS = {cls.tag: cls for cls in typing.get_args(Event)}
 # -- the wire format -----------------------------------------------------------------------
 def encode(message: Message) -> bytes:
     """The frame for one message."""
-    body = {"type": message.tag}
-    for field in dataclasses.fields(message):
-        body[field.name] = getattr(message, field.name)
-    return json.dumps(body).encode("utf-8")
+    return json.dumps({"type": message.tag, **vars(message)}).encode("utf-8")
 
 
 def decode_request(data: bytes) -> Request:
@@ -209,55 +206,69 @@ def _decode(data: bytes, table: dict[str, type], what: str) -> Any:
         raise ProtocolError(
             f"unknown worker {what} type {tag!r}; expected one of {', '.join(table)}"
         )
-    hints = _hints(cls)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in body and _required(f)]
-    unknown = sorted(set(body) - set(hints))
+    shape = _shape(cls)
+    missing = [name for name in shape.required if name not in body]
+    unknown = [name for name in body if name not in shape.checks]
     if missing or unknown:
         problems = [f"missing {', '.join(missing)}"] if missing else []
         problems += [f"unknown {', '.join(unknown)}"] if unknown else []
         raise ProtocolError(f"worker {what} {tag!r}: {'; '.join(problems)}")
     for name, value in body.items():
-        if not _fits(value, hints[name]):
+        if not shape.checks[name](value):
             raise ProtocolError(
-                f"worker {what} {tag!r}: field {name} must be {_show(hints[name])}, "
+                f"worker {what} {tag!r}: field {name} must be {shape.types[name]}, "
                 f"not {json.dumps(value)[:80]}"
             )
     return cls(**body)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class _Shape:
+    """What a message class's fields must look like on the wire (worked out once)."""
+
+    required: tuple[str, ...]
+    checks: dict[str, Callable[[Any], bool]]
+    types: dict[str, str]  # for the error message: "int | None"
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    """The field types of a message class (resolved once)."""
-    if cls not in _HINTS:
-        names = {f.name for f in dataclasses.fields(cls)}
-        _HINTS[cls] = {k: v for k, v in typing.get_type_hints(cls).items() if k in names}
-    return _HINTS[cls]
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    if cls not in _SHAPES:
+        fields = dataclasses.fields(cls)
+        hints = typing.get_type_hints(cls)
+        _SHAPES[cls] = _Shape(
+            required=tuple(f.name for f in fields if _required(f)),
+            checks={f.name: _checker(hints[f.name]) for f in fields},
+            types={f.name: _show(hints[f.name]) for f in fields},
+        )
+    return _SHAPES[cls]
 
 
 def _required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has the declared type (bool is not a number here)."""
+def _checker(hint: Any) -> Callable[[Any], bool]:
+    """A test that a JSON value has the declared type (a bool is not a number here)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
-        return True
+        return lambda _value: True
     if origin in (types.UnionType, typing.Union):
-        return any(_fits(value, arg) for arg in args)
+        parts = [_checker(arg) for arg in args]
+        return lambda value: any(part(value) for part in parts)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if origin is list:
-        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+        item = _checker(args[0])
+        return lambda value: type(value) is list and all(map(item, value))
     if origin is dict:
-        return isinstance(value, dict) and all(_fits(v, args[1]) for v in value.values())
-    if hint in (int, float) and isinstance(value, bool):
-        return False
+        item = _checker(args[1])
+        return lambda value: type(value) is dict and all(map(item, value.values()))
     if hint is float:
-        return isinstance(value, int | float)
-    return isinstance(value, hint)
+        return lambda value: type(value) in (int, float)
+    return lambda value: type(value) is hint  # str, int, bool: exact, as JSON gives them
 
 
 def _show(hint: Any) -> str:
