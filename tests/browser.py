@@ -257,8 +257,10 @@ def guarded_page(browser: Browser, allowed: set[str] | None = None) -> tuple[Pag
 
 
 @pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
-    """Open guarded pages (each its own browser session); checked after the test."""
+def new_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Callable[[], Page]]:
+    """Open guarded pages (each its own browser session); checked after the test.
+
+    Each page's last state is saved as test-artifacts/screenshots/end-<test>[-n].png."""
     opened: list[tuple[Page, Guard]] = []
 
     def make() -> Page:
@@ -269,8 +271,10 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
 
     yield make
     found: list[str] = []
-    for page, guard in opened:
+    for n, (page, guard) in enumerate(opened):
         found += guard.problems()
+        with contextlib.suppress(PlaywrightError):
+            shot(page, f"end-{request.node.name}" + (f"-{n + 1}" if n else ""))
         GUARDS.remove(guard)
         page.context.close()
     if found:
@@ -373,9 +377,20 @@ def messages(page: Page):
 
 
 def choose(page: Page, label: str, option: str | re.Pattern[str]) -> None:
-    """Pick option in the select box called label."""
-    page.get_by_role("combobox", name=label, exact=True).click()
-    page.get_by_role("option", name=option).first.click()
+    """Pick option in the select box called label (once the page is idle: a rerun
+    redraws the box and closes its list)."""
+    wait_idle(page)
+    box = page.get_by_role("combobox", name=label, exact=True)
+    wanted = page.get_by_role("option", name=option).first
+    for _ in range(3):
+        box.click()
+        try:
+            wanted.wait_for(timeout=5000)
+            break
+        except PlaywrightError:
+            page.keyboard.press("Escape")
+            wait_idle(page)
+    wanted.click()
     wait_idle(page)
 
 
