@@ -25,6 +25,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -394,16 +395,34 @@ def choose(page: Page, label: str, option: str | re.Pattern[str]) -> None:
     wait_idle(page)
 
 
-def with_demo(home: Path, demo_model: Path, max_tokens: int = 512, name: str | None = None) -> str:
-    """The demo model in the app's models/, answering deterministically; returns its id."""
+def field(entry: Any, name: str) -> Any:
+    """A field of a library entry (a dict before the typed ModelEntry, an object after)."""
+    return entry[name] if isinstance(entry, dict) else getattr(entry, name)
+
+
+def register(path: Path, **defaults: Any) -> str:
+    """Register the model at path (in the current APPLIANCE_HOME); returns its id."""
     from appliance.library.library import Library
 
+    library = Library()
+    outcome = library.register(path)
+    model_id = field(getattr(outcome, "entry", outcome), "id")
+    if defaults:
+        library.set_defaults(model_id, defaults)
+    return model_id
+
+
+def entries_by_name() -> dict[str, Any]:
+    from appliance.library.library import Library
+
+    return {field(e, "name"): e for e in Library().entries()}
+
+
+def with_demo(home: Path, demo_model: Path, max_tokens: int = 512, name: str | None = None) -> str:
+    """The demo model in the app's models/, answering deterministically; returns its id."""
     models = home / "models"
     models.mkdir(parents=True, exist_ok=True)
     target = models / (f"{name}.gguf" if name else demo_model.name)
     target.hardlink_to(demo_model)
-    library = Library()
-    entry = library.register(target)
-    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42, "max_tokens": max_tokens,
-                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
-    return entry["id"]
+    return register(target, temperature=0.0, seed=42, max_tokens=max_tokens,
+                    system_prompt="You are a helpful assistant.")  # fmt: skip

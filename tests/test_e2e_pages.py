@@ -30,9 +30,12 @@ from tests.browser import (
     PASSWORD,
     AppServer,
     choose,
+    entries_by_name,
+    field,
     free_port,
     go,
     messages,
+    register,
     send,
     set_up,
     settle,
@@ -43,6 +46,7 @@ from tests.browser import (
 )
 from tests.helpers import make_hf_folder, write_gguf
 
+INFER = "(infer from the file)"
 NEW_PASSWORD = "Another-long-passphrase-for-2025!"
 STORY = "Write a very long story about a dragon, at least 2000 words."
 
@@ -309,9 +313,7 @@ def test_template_less_model_says_so_and_offers_completion(
     """A base model without a chat template: the chat page says so, next to the model (10.9)."""
     (appliance_home / "models").mkdir(parents=True, exist_ok=True)
     (appliance_home / "models" / base_model.name).hardlink_to(base_model)
-    library = Library()
-    entry = library.register(appliance_home / "models" / base_model.name)
-    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42, "max_tokens": 24})
+    register(appliance_home / "models" / base_model.name, temperature=0.0, seed=42, max_tokens=24)
     server = AppServer(appliance_home).start()
     try:
         set_up(page, server.url)
@@ -341,7 +343,7 @@ def test_library_page_every_control(
     """Load, mark, Switch, Unload, Rename, Save defaults, Remove (hide), Remove with files."""
     with_demo(appliance_home, demo_model)
     (appliance_home / "models" / base_model.name).hardlink_to(base_model)
-    base_id = Library().register(appliance_home / "models" / base_model.name)["id"]
+    base_id = register(appliance_home / "models" / base_model.name)
     server = AppServer(appliance_home).start()
     try:
         set_up(page, server.url)
@@ -412,7 +414,7 @@ def test_library_page_every_control(
         form.get_by_label("Seed", exact=True).fill("5")
         form.get_by_role("button", name="Save defaults").click()
         wait_idle(page)
-        defaults = Library().get(base_id)["defaults"]
+        defaults = field(Library().get(base_id), "defaults")
         assert defaults["system_prompt"] == "Continue the text."
         assert (defaults["max_tokens"], defaults["top_k"], defaults["seed"]) == (99, 7, 5)
         assert defaults["temperature"] == pytest.approx(0.7 + 4 * 0.05)
@@ -501,6 +503,7 @@ def test_import_page_every_route(
     page: Page,
     tmp_path: Path,
     openai_server: str,
+    soft: Soft,
 ) -> None:
     """Path (copy, link, in place, a bad path), upload, remote server, drop-in (good, bad)."""
     outside = tmp_path / "elsewhere"
@@ -514,18 +517,26 @@ def test_import_page_every_route(
         go(page, "Import")
         tab = import_tab(page, "From a path on this machine")
 
-        def from_path(path: Path, mode: str, name: str, expect_text: str) -> None:
+        def from_path(
+            path: Path, mode: str, name: str, header: str, backend: str = INFER, arch: str = ""
+        ) -> None:
             box = tab.get_by_role("textbox", name="Path")
             box.fill(str(path))
             box.press("Enter")
             wait_idle(page)
-            expect(tab.get_by_text(expect_text).first).to_be_visible()
+            expect(tab.get_by_text(header).first).to_be_visible()
             tab.get_by_text(mode, exact=True).click()
-            tab.get_by_label("Display name").fill(name)
-            tab.get_by_label("Display name").press("Enter")
+            for label, value in (("Display name", name), ("Architecture", arch)):
+                tab.get_by_label(label).fill(value)
+                tab.get_by_label(label).press("Enter")
+                wait_idle(page)
+            tab.get_by_role("combobox", name=re.compile("^Backend")).click()
+            page.get_by_role("option", name=backend, exact=True).click()
             wait_idle(page)
             tab.get_by_role("button", name="Import", exact=True).click()
             expect(tab.get_by_text(f"Added {name}")).to_be_visible(timeout=60_000)
+            with soft("the path form starts afresh after an import (no stale name or backend)"):
+                expect(tab.get_by_label("Display name")).to_have_value("", timeout=3000)
 
         box = tab.get_by_role("textbox", name="Path")
         box.fill(str(outside / "nothing-here.gguf"))
@@ -536,21 +547,17 @@ def test_import_page_every_route(
 
         from_path(tiny, "Copy into models/", "Tiny copied", "gguf, qwen2")
         # Backend and architecture chosen by hand, once.
-        box.fill(str(outside / "demo-copy.gguf"))
-        box.press("Enter")
-        wait_idle(page)
-        tab.get_by_role("combobox", name=re.compile("^Backend")).click()
-        page.get_by_role("option", name="llama.cpp", exact=True).click()
-        wait_idle(page)
-        tab.get_by_label("Architecture").fill("llama")
         from_path(outside / "demo-copy.gguf", "Hard link into models/", "Demo linked",
-                  "gguf, llama")  # fmt: skip
+                  "gguf, llama", backend="llama.cpp", arch="llama")  # fmt: skip
         shot(page, "import")
-        from_path(folder, "Use in place", "HF in place", "safetensors")
+        from_path(folder, "Use in place", "HF in place", "hf-folder, llama")
         assert (appliance_home / "models" / "tiny-copy.gguf").is_file()
         assert (appliance_home / "models" / "demo-copy.gguf").stat().st_ino == (
             demo_model.stat().st_ino
         )
+        hf_entry = entries_by_name()["HF in place"]
+        assert field(hf_entry, "backend") == "transformers"
+        assert field(hf_entry, "external")
 
         # Upload from the browser.
         tab = import_tab(page, "Upload from the browser")
@@ -602,8 +609,10 @@ def test_import_page_every_route(
         go(page, "Library")
         table = page.get_by_test_id("stDataFrame")
         for name in ("Tiny copied", "Demo linked", "HF in place", "Uploaded model",
-                     "smollm2-remote", "Dropped"):  # fmt: skip
+                     "smollm2-remote", "dropped"):  # fmt: skip
             expect(table).to_contain_text(name)
+        with soft("a remote model has no file to hash: its sha256 is not 'hashing…' for ever"):
+            expect(table_row(page, "smollm2-remote")).not_to_contain_text("hashing", timeout=3000)
         choose(page, "Model", re.compile("smollm2-remote"))
         page.get_by_role("button", name="Load", exact=True).click()
         expect(page.get_by_text(re.compile("smollm2-remote.* is loaded"))).to_be_visible(

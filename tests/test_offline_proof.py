@@ -14,8 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from appliance.library.library import Library
 from appliance.paths import APP_ROOT
+from tests.browser import with_demo
 
 SCRIPT = textwrap.dedent(
     """
@@ -46,11 +46,7 @@ LOOPBACK = re.compile(r'inet_addr\("127\.|inet_pton\(AF_INET6, "::1"')
 def test_full_journey_connects_only_to_loopback(
     appliance_home: Path, demo_model: Path, tmp_path: Path
 ) -> None:
-    (appliance_home / "models" / demo_model.name).hardlink_to(demo_model)
-    library = Library()
-    entry = library.register(appliance_home / "models" / demo_model.name)
-    library.set_defaults(entry["id"], {"temperature": 0.0, "seed": 42,
-                                       "system_prompt": "You are a helpful assistant."})  # fmt: skip
+    with_demo(appliance_home, demo_model)
     trace, log = tmp_path / "connect.trace", tmp_path / "streamlit.log"
     env = {"PY": sys.executable, "APP": str(APP_ROOT / "streamlit_app.py"), "LOG": str(log),
            "TRACE": str(trace), "PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(tmp_path),
