@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import unicodedata
 
-from zxcvbn import zxcvbn
-
 from appliance.vault.errors import WeakPassword
 
 MIN_LENGTH = 8
@@ -36,6 +34,10 @@ HINTS = (
 
 
 def _measure(password: str) -> dict:
+    # Imported here: its dictionaries cost about 13 MiB and load time, which every
+    # `appliance` command and page would pay otherwise.
+    from zxcvbn import zxcvbn
+
     return zxcvbn(password[:MAX_MEASURED], user_inputs=list(APP_WORDS), max_length=MAX_MEASURED)
 
 
