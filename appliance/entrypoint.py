@@ -76,7 +76,7 @@ def seed_demo(paths: Paths, demo: Path = DEMO_MODEL) -> str | None:
 
     library = Library(paths)
     # A copy, written under a hidden temp name and renamed into place when complete.
-    return import_path(library, demo, "copy")["id"]
+    return import_path(library, demo, "copy").id
 
 
 def commands() -> list[list[str]]:

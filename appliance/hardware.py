@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
+
+from appliance.model_entry import ModelEntry, ModelMetadata
 
 COMPUTE_OVERHEAD = 256 << 20  # scratch buffers, runtime, tokenizer
 TIGHT_FRACTION = 0.8
@@ -82,26 +83,24 @@ def _nvidia_gpus() -> list[Gpu]:
     return gpus
 
 
-def kv_cache_bytes(metadata: dict[str, Any], n_ctx: int) -> int:
+def kv_cache_bytes(metadata: ModelMetadata, n_ctx: int) -> int:
     """f16 K and V for every layer: 2 * layers * n_ctx * head_dim * kv_heads * 2 bytes."""
-    layers, embedding = metadata.get("layers"), metadata.get("embedding")
-    heads = metadata.get("heads")
+    layers, embedding, heads = metadata.layers, metadata.embedding, metadata.heads
     if not layers or not embedding or not heads:
         return 0
-    kv_heads = metadata.get("kv_heads") or heads
+    kv_heads = metadata.kv_heads or heads
     return 2 * layers * n_ctx * (embedding // heads) * kv_heads * 2
 
 
-def memory_needed(entry: dict[str, Any], n_ctx: int | None = None) -> int:
+def memory_needed(entry: ModelEntry, n_ctx: int | None = None) -> int:
     """Bytes a model needs resident: weights, KV cache for n_ctx, and overhead."""
-    metadata = entry.get("metadata", {})
-    ctx = n_ctx or metadata.get("context_length") or 2048
-    return entry.get("size_bytes", 0) + kv_cache_bytes(metadata, ctx) + COMPUTE_OVERHEAD
+    ctx = n_ctx or entry.metadata.context_length or 2048
+    return entry.size_bytes + kv_cache_bytes(entry.metadata, ctx) + COMPUTE_OVERHEAD
 
 
-def fit(entry: dict[str, Any], hardware: Hardware, n_ctx: int | None = None) -> str:
+def fit(entry: ModelEntry, hardware: Hardware, n_ctx: int | None = None) -> str:
     """'fits', 'tight' or "won't fit" for the model in the free RAM (or free VRAM)."""
-    if entry.get("format") == "openai":
+    if entry.is_remote:
         return "remote"
     needed = memory_needed(entry, n_ctx)
     free = max([hardware.available_ram, *(g.free_bytes for g in hardware.gpus)])

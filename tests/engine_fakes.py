@@ -26,6 +26,7 @@ from appliance.engine.backends.base import Backend, Loaded, LoadSpec, Log
 from appliance.engine.errors import ModelLoadError
 from appliance.library.library import Library
 from appliance.library.model_info import ModelInfo
+from appliance.model_entry import ModelEntry
 
 FAKE = "tests.engine_fakes:FakeBackend"
 MISSING = "tests.engine_fakes:MissingLibraryBackend"
@@ -98,13 +99,22 @@ class FakeClock:
         self.now += seconds
 
 
+def fake_entry(path: str, **fields: Any) -> ModelEntry:
+    """A registry entry for a model at path, as the host sends it to a worker."""
+    name = Path(path).stem
+    values = dict(id=name, name=name, path=path, external=True, format="gguf",
+                  backend="llama.cpp", architecture="fake", size_bytes=1,
+                  added_at="2026-01-01T00:00:00+00:00", status="present")  # fmt: skip
+    return ModelEntry(**values | fields)
+
+
 def add_fake_model(library: Library, name: str, **script: Any) -> str:
     """Write a fake model file into models/ and register it; return its id."""
     path = library.paths.models / f"{name}.gguf"
     path.write_text(json.dumps(script))
     info = ModelInfo(path=str(path), format="gguf", backend="llama.cpp", architecture="fake",
                      architecture_source="metadata", size_bytes=path.stat().st_size)  # fmt: skip
-    return library.register(path, info=info)["id"]
+    return library.register(path, info=info).entry.id
 
 
 def pid_alive(pid: int) -> bool:

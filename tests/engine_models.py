@@ -59,4 +59,4 @@ def tiny_hf_model(demo: Path, folder: Path, *, chat_template: bool = True) -> Pa
 
 def register_demo(library: Library, demo: Path, name: str | None = None) -> str:
     """Register the demo GGUF where it is; return its id."""
-    return library.register(demo, external=True, name=name)["id"]
+    return library.register(demo, external=True, name=name).entry.id

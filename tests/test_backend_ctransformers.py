@@ -66,21 +66,21 @@ def register(library: Library, path: Path, fmt: str) -> str:
     """Register as if the file had been good when added (it is damaged since)."""
     info = ModelInfo(path=str(path), format=fmt, backend="ctransformers", architecture="llama",
                      architecture_source="metadata", size_bytes=path.stat().st_size)  # fmt: skip
-    return library.register(path, info=info, backend="ctransformers")["id"]
+    return library.register(path, info=info, backend="ctransformers").entry.id
 
 
 def tiny(library: Library, variant: str) -> str:
     """Write the variant's file into models/ and register it from its own header."""
     write, kind, options, _arch, _ctx = LEGACY[variant]
     name = "tiny-" + variant.replace(" ", "-").lower() + ".bin"
-    return library.register(write(library.paths.models / name, kind, **options))["id"]
+    return library.register(write(library.paths.models / name, kind, **options)).entry.id
 
 
 @pytest.mark.parametrize("variant", LEGACY)
 def test_legacy_ggml_generates_exactly_n_tokens(host: Host, library: Library, variant: str) -> None:
     arch, context = LEGACY[variant][3:]
     model = tiny(library, variant)
-    assert library.get(model)["architecture"] == arch
+    assert library.get(model).architecture == arch
     status = host.load(model)
     assert (status.backend, status.phase, status.architecture, status.context_length) == (
         "ctransformers", "ready", arch, context)  # fmt: skip
@@ -158,7 +158,7 @@ def test_inspection_reads_the_llama_layouts(
 def test_current_gguf_is_refused_with_a_suggestion(
     host: Host, library: Library, demo_model: Path
 ) -> None:
-    model = library.register(demo_model, external=True, backend="ctransformers")["id"]
+    model = library.register(demo_model, external=True, backend="ctransformers").entry.id
     with pytest.raises(ModelLoadError) as caught:
         host.load(model)
     message = str(caught.value)

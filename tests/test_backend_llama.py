@@ -58,7 +58,7 @@ def test_switch_between_two_models_and_template_less_fallback(
     host = Host(library)  # with the spare worker, as the app runs
     try:
         chat_model = register_demo(library, demo_model, "chat")
-        base_model = library.register(base_gguf, external=True, name="base")["id"]
+        base_model = library.register(base_gguf, external=True, name="base").entry.id
         first = host.chat(chat_model, FRANCE, system_prompt=SYSTEM, settings=GREEDY)
         assert "".join(first) == "The capital of France is Paris."
         first_pid = host.worker_pids()[0]
@@ -145,7 +145,7 @@ def test_corrupted_files_through_the_host(
     """A file registered while good and damaged later: llama.cpp's own reason is shown."""
     target = library.paths.models / f"{kind}.gguf"
     target.write_bytes(demo_model.read_bytes())
-    model = library.register(target)["id"]
+    model = library.register(target).entry.id
     _corrupt(kind, demo_model, target)
     with pytest.raises(ModelLoadError) as caught:
         host.load(model)

@@ -20,7 +20,7 @@ from appliance.engine import Host, RemoteServerError
 from appliance.engine.remote import add_remote_models, list_remote_models
 from appliance.errors import ImportRefused
 from appliance.library.library import Library
-from appliance.library.registry import validate_entry
+from appliance.model_entry import ModelEntry
 
 KEY = "test-key-123"
 SYSTEM = "You are a helpful assistant."
@@ -69,19 +69,19 @@ def host(library: Library) -> Iterator[Host]:
 def test_list_models_fills_the_registry(server: str, library: Library) -> None:
     assert list_remote_models(server + "/v1/", KEY) == ["smollm2"]
     [entry] = add_remote_models(library, server, KEY)
-    assert (entry["id"], entry["format"], entry["backend"], entry["path"]) == (
+    assert (entry.id, entry.format, entry.backend, entry.path) == (
         "smollm2", "openai", "openai", server + "/v1")  # fmt: skip
-    assert entry["metadata"]["model_name"] == "smollm2"
-    assert add_remote_models(library, server, KEY)[0]["id"] == "smollm2"  # no duplicate
+    assert entry.metadata.model_name == "smollm2"
+    assert add_remote_models(library, server, KEY)[0].id == "smollm2"  # no duplicate
     text = library.paths.registry.read_text()
     assert KEY not in text  # the key is never stored in the registry
     assert [e["id"] for e in json.loads(text)["models"]] == ["smollm2"]
     library.scan()
-    assert library.get("smollm2")["status"] == "present"  # a URL is never "missing"
+    assert library.get("smollm2").status == "present"  # a URL is never "missing"
 
 
 def test_chat_streams_over_sse(server: str, host: Host, library: Library) -> None:
-    model = library.add_remote(server, "smollm2", name="LAN SmolLM2")["id"]
+    model = library.add_remote(server, "smollm2", name="LAN SmolLM2").id
     status = host.load(model, api_key=KEY)  # the API does not say the server's context
     assert (status.backend, status.phase, status.context_length) == ("openai", "ready", 4096)
     status = host.load(model, api_key=KEY, options={"n_ctx": 2048})
@@ -94,7 +94,7 @@ def test_chat_streams_over_sse(server: str, host: Host, library: Library) -> Non
 
 
 def test_cancel_remote_stream(server: str, host: Host, library: Library) -> None:
-    model = library.add_remote(server, "smollm2")["id"]
+    model = library.add_remote(server, "smollm2").id
     story = [{"role": "user", "content": "Write a very long story about a dragon."}]
     gen = host.chat(model, story, settings={"temperature": 0, "max_tokens": 1500}, api_key=KEY)
     received = []
@@ -109,7 +109,7 @@ def test_cancel_remote_stream(server: str, host: Host, library: Library) -> None
 
 
 def test_wrong_or_missing_key(server: str, host: Host, library: Library) -> None:
-    model = library.add_remote(server, "smollm2")["id"]
+    model = library.add_remote(server, "smollm2").id
     for key in (None, "wrong"):
         with pytest.raises(RemoteServerError, match=r"refused the request \(HTTP 401\): the API"):
             host.load(model, api_key=key)
@@ -118,7 +118,7 @@ def test_wrong_or_missing_key(server: str, host: Host, library: Library) -> None
 
 
 def test_unknown_model(server: str, host: Host, library: Library) -> None:
-    model = library.add_remote(server, "ghost")["id"]
+    model = library.add_remote(server, "ghost").id
     with pytest.raises(
         RemoteServerError, match=r"has no model named 'ghost'; it offers: smollm2\."
     ):
@@ -136,7 +136,7 @@ def test_connection_refused(host: Host, library: Library) -> None:
         RemoteServerError, match=r"Cannot connect to .*: the connection was refused"
     ):
         list_remote_models(url)
-    model = library.add_remote(url, "any")["id"]
+    model = library.add_remote(url, "any").id
     with pytest.raises(RemoteServerError, match="the connection was refused"):
         host.load(model)
     assert host.worker_pids() == []
@@ -154,18 +154,19 @@ def test_bad_base_urls(library: Library, url: str, match: str) -> None:
 
 def test_registry_validates_remote_entries(library: Library) -> None:
     entry = library.add_remote("http://10.0.0.5:8000", "m")
-    assert validate_entry(entry)["path"] == "http://10.0.0.5:8000/v1"
+    assert ModelEntry.from_json(entry.to_json()) == entry
+    assert entry.path == "http://10.0.0.5:8000/v1" and entry.secret_name == "api-key:m"
     for change, problem in (
         ({"path": "/models/x"}, r"must be the server's http\(s\) base URL"),
         ({"metadata": {}}, "'metadata.model_name' must name the server's model"),
         ({"backend": "llama.cpp"}, "remote models need format and backend 'openai'"),
     ):
         with pytest.raises(ValueError, match=problem):
-            validate_entry({**entry, **change})
+            ModelEntry.from_json({**entry.to_json(), **change})
 
 
 def test_remote_entry_survives_a_reload(library: Library) -> None:
     entry = library.add_remote("https://gpu.lan/v1", "big-model", name="Big")
     again = Library(library.paths)
-    assert again.get(entry["id"]) == entry
+    assert again.get(entry.id) == entry
     assert Path(again.paths.registry).exists()

@@ -65,7 +65,7 @@ def raw_generate(folder: Path, text: str | None = None) -> tuple[str, int]:
 
 
 def test_matches_raw_generate(host: Host, library: Library, tiny: Path) -> None:
-    model = library.register(tiny, external=True)["id"]
+    model = library.register(tiny, external=True).entry.id
     status = host.load(model)
     assert (status.backend, status.phase, status.context_length) == ("transformers", "ready", 2048)
     assert status.detail == "chat template from the tokenizer" and status.n_gpu_layers == 0
@@ -80,7 +80,7 @@ def test_matches_raw_generate(host: Host, library: Library, tiny: Path) -> None:
 def test_fallback_without_a_chat_template(
     host: Host, library: Library, tiny_no_template: Path
 ) -> None:
-    model = library.register(tiny_no_template, external=True)["id"]
+    model = library.register(tiny_no_template, external=True).entry.id
     gen = host.chat(model, HELLO, system_prompt="Be brief.", settings=SAMPLED)
     text = "".join(gen)
     transcript = render_fallback([{"role": "system", "content": "Be brief."}, *HELLO])
@@ -91,7 +91,7 @@ def test_fallback_without_a_chat_template(
 
 
 def test_cancel(host: Host, library: Library, tiny: Path) -> None:
-    model = library.register(tiny, external=True)["id"]
+    model = library.register(tiny, external=True).entry.id
     gen = host.chat(model, HELLO, settings={**SAMPLED, "max_tokens": 5000})
     received = []
     for text in gen:
@@ -116,7 +116,7 @@ def test_missing_folder_fails_at_once(
     host: Host, library: Library, tiny: Path, tmp_path: Path
 ) -> None:
     folder = shutil.copytree(tiny, tmp_path / "moved")
-    model = library.register(folder, external=True)["id"]
+    model = library.register(folder, external=True).entry.id
     shutil.rmtree(folder)
     with pytest.raises(ModelLoadError, match=r"moved is missing"):
         host.load(model)

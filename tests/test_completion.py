@@ -43,9 +43,9 @@ def test_a_completion_is_one_text_for_a_backend_that_can(fake_host, library: Lib
     with pytest.raises(InvalidChat, match="^A completion takes exactly one text to continue.$"):
         fake_host.chat(model, two, raw=True)
     openai = library.add_remote("http://127.0.0.1:9/v1", "remote-model")
-    assert not fake_host.supports_completion(openai["id"])
+    assert not fake_host.supports_completion(openai.id)
     with pytest.raises(InvalidChat) as refused:
-        fake_host.chat(openai["id"], [{"role": "user", "content": "x"}], raw=True)
+        fake_host.chat(openai.id, [{"role": "user", "content": "x"}], raw=True)
     assert str(refused.value) == (
         "The openai backend has no completion mode: it only chats. Use the chat, or load "
         "the model with llama.cpp (GGUF) or ctransformers (legacy GGML)."
@@ -66,7 +66,7 @@ def test_llama_cpp_continues_the_text_itself(library: Library, demo_model: Path)
 
     path = library.paths.models / demo_model.name
     path.hardlink_to(demo_model)
-    model = library.register(path)["id"]
+    model = library.register(path).entry.id
     host = Host(library, spare_worker=False)
     text = "The capital of France is"
     try:

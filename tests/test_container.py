@@ -117,7 +117,7 @@ def test_demo_is_seeded_into_an_empty_models_folder(appliance_home: Path, demo_m
     assert copied.read_bytes() == demo_model.read_bytes()
     Library(paths).hasher.join()
     entry = Library(paths).get("smollm2-135m-instruct.q4_1")
-    assert (entry["path"], entry["backend"], entry["sha256"]) == (
+    assert (entry.path, entry.backend, entry.sha256) == (
         demo_model.name, "llama.cpp", DEMO_SHA256,
     )  # fmt: skip
     visible = sorted(p.name for p in paths.models.iterdir() if not p.name.startswith("."))

@@ -29,12 +29,16 @@ from appliance.engine.protocol import (
     decode_request,
     encode,
 )
-from tests.engine_fakes import FAKE
+from appliance.model_entry import ModelMetadata
+from tests.engine_fakes import FAKE, fake_entry
 
+REMOTE = fake_entry("http://h/v1", id="h", format="openai", backend="openai",
+                    metadata=ModelMetadata(model_name="m"))  # fmt: skip
 REQUESTS = [
-    Load("tests.engine_fakes:FakeBackend", "/m/a.gguf", {"name": "a", "metadata": {"x": [1]}},
+    Load("tests.engine_fakes:FakeBackend", "/m/a.gguf",
+         fake_entry("/m/a.gguf", metadata=ModelMetadata(context_length=512, notes=("é",))),
          {"n_ctx": 512}, api_key="sk-1"),
-    Load("m:C", "http://h/v1", {}, {}),
+    Load("m:C", "http://h/v1", REMOTE, {}),
     Chat(7, "Be brief.", [{"role": "user", "content": "héllo ✓"}], {"max_tokens": 8, "top_p": 1}),
     Chat(8, None, [], {}),
     Chat(9, None, [{"role": "user", "content": "Once upon"}], {"max_tokens": 8}, raw=True),
@@ -121,6 +125,8 @@ def test_a_malformed_event_says_what_is_wrong(frame: bytes, match: str) -> None:
          r"^worker request 'chat': field messages must be list\[dict\[str, str\]\], not "),
         (b'{"type": "load", "target": "m:C", "path": "p", "entry": [], "options": {}}',
          r"^worker request 'load': field entry must be dict\[str, Any\], not \[\]$"),
+        (b'{"type": "load", "target": "m:C", "path": "p", "entry": {"id": "m"}, "options": {}}',
+         r"^worker request 'load': field entry: entry 'm': 'name' is missing$"),
         (b'{"type": "cancel"}', r"^worker request 'cancel': missing id$"),
     ],
 )  # fmt: skip
@@ -133,7 +139,7 @@ def test_a_malformed_request_says_what_is_wrong(frame: bytes, match: str) -> Non
 def _fake_model(tmp_path: Path, **script: object) -> Load:
     path = tmp_path / "m.gguf"
     path.write_text(json.dumps(script))
-    return Load(FAKE, str(path), {"name": "m"}, {})
+    return Load(FAKE, str(path), fake_entry(str(path)), {})
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import capabilities
 from appliance.engine import BackendUnavailable, InvalidOptions, options
 from appliance.engine import backends as table
 from appliance.engine.backends.llama_cpp import LlamaLog
@@ -32,12 +33,23 @@ def test_physical_cores_is_sane() -> None:
 
 
 def test_check_options() -> None:
-    assert options.check_options({"n_ctx": 512, "n_gpu_layers": -1}) == {
+    assert options.check_options("llama.cpp", {"n_ctx": 512, "n_gpu_layers": -1}) == {
         "n_ctx": 512, "n_gpu_layers": -1}  # fmt: skip
     with pytest.raises(InvalidOptions, match="Unknown load option 'ctx'"):
-        options.check_options({"ctx": 5})
+        options.check_options("llama.cpp", {"ctx": 5})
     with pytest.raises(InvalidOptions, match="n_threads must be a whole number from 1"):
-        options.check_options({"n_threads": True})
+        options.check_options("llama.cpp", {"n_threads": True})
+
+
+def test_each_backend_takes_its_own_options() -> None:
+    """One set of app settings serves every model: what a backend does not take is left
+    out, what it takes is checked against its own bounds."""
+    asked = {"n_ctx": 2048, "n_threads": 4, "n_gpu_layers": 10}
+    assert options.check_options("openai", asked) == {"n_ctx": 2048}
+    assert options.check_options("ctransformers", asked) == {"n_ctx": 2048, "n_threads": 4}
+    assert options.check_options("transformers", asked) == asked
+    with pytest.raises(InvalidOptions, match="n_ctx must be a whole number from 64"):
+        options.check_options("openai", {"n_ctx": 8})
 
 
 def test_stop_filter_holds_back_partial_matches() -> None:
@@ -65,8 +77,10 @@ def test_llama_log_reason_skips_generic_lines() -> None:
 
 def test_backend_table() -> None:
     assert table.backend_names()[:4] == ("llama.cpp", "transformers", "ctransformers", "openai")
-    assert table.backend_class("llama.cpp").formats == ("gguf",)
-    assert table.backend_class("openai").remote is True
+    # What they can do is in the capability table; every backend there has a class.
+    assert all(table.backend_class(name).name == name for name in capabilities.BACKENDS)
+    assert capabilities.FORMATS["gguf"].backends == ("llama.cpp", "ctransformers")
+    assert capabilities.BACKENDS["openai"].remote is True
     with pytest.raises(BackendUnavailable, match="No backend named 'nope'"):
         table.backend_target("nope")
     with pytest.raises(ValueError, match="must look like 'package.module:Class'"):

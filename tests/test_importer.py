@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ def _visible(folder: Path) -> list[str]:
 def test_copy_reports_progress_and_hash(library: Library, demo_model: Path) -> None:
     seen: list[tuple[int, int]] = []
     entry = import_path(library, demo_model, "copy", progress=lambda d, t: seen.append((d, t)))
-    assert entry["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    assert entry["path"] == demo_model.name and entry["external"] is False
+    assert entry.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert entry.path == demo_model.name and entry.external is False
     assert seen[-1] == (98_362_432, 98_362_432)
     assert len(seen) > 5 and all(a[0] < b[0] for a, b in itertools.pairwise(seen))
     assert _visible(library.paths.models) == [demo_model.name, "registry.json"]
@@ -39,8 +40,8 @@ def test_copy_folder_and_collision(library: Library, tmp_path: Path) -> None:
     folder = make_hf_folder(tmp_path / "tiny-llama")
     first = import_path(library, folder, "copy")
     second = import_path(library, folder, "copy", name="Tiny again", allow_duplicate=True)
-    assert (first["id"], first["path"]) == ("tiny-llama", "tiny-llama")
-    assert (second["id"], second["path"], second["name"]) == (
+    assert (first.id, first.path) == ("tiny-llama", "tiny-llama")
+    assert (second.id, second.path, second.name) == (
         "tiny-again",
         "tiny-llama-2",
         "Tiny again",
@@ -50,7 +51,7 @@ def test_copy_folder_and_collision(library: Library, tmp_path: Path) -> None:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     )
-    assert first["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert first.sha256 == hashlib.sha256(lines.encode()).hexdigest()
 
 
 def _dup_message(source: str, sha: str) -> str:
@@ -70,8 +71,8 @@ def test_duplicate_is_refused_before_copying(library: Library, tmp_path: Path, m
     registry = library.paths.registry.read_bytes()
     with pytest.raises(importer.DuplicateModel) as err:
         import_path(library, same, mode)
-    assert str(err.value) == _dup_message("renamed.gguf", first["sha256"])
-    assert (err.value.existing["id"], err.value.hidden) == ("model", False)
+    assert str(err.value) == _dup_message("renamed.gguf", first.sha256)
+    assert (err.value.existing.id, err.value.hidden) == ("model", False)
     assert _visible(library.paths.models) == before  # no model-2.gguf, no temp file
     assert library.paths.registry.read_bytes() == registry
     assert same.exists()
@@ -80,14 +81,14 @@ def test_duplicate_is_refused_before_copying(library: Library, tmp_path: Path, m
 def test_duplicate_can_be_imported_when_asked(library: Library, tmp_path: Path) -> None:
     import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
     second = import_path(library, tmp_path / "model.gguf", "copy", allow_duplicate=True)
-    assert (second["id"], second["path"]) == ("model-2", "model-2.gguf")
+    assert (second.id, second.path) == ("model-2", "model-2.gguf")
 
 
 def test_same_size_other_bytes_is_not_a_duplicate(library: Library, tmp_path: Path) -> None:
     a = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
     other = write_gguf(tmp_path / "other.gguf", name="tinx")
-    assert other.stat().st_size == a["size_bytes"]
-    assert import_path(library, other, "copy")["id"] == "other"
+    assert other.stat().st_size == a.size_bytes
+    assert import_path(library, other, "copy").id == "other"
 
 
 def test_duplicate_of_an_entry_still_hashing(library: Library, tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_duplicate_of_an_entry_still_hashing(library: Library, tmp_path: Path) -
     library.register(dropped)
     library.hasher.join()
     with library.registry.transaction() as data:
-        data.get("model")["sha256"] = None  # as if its hash were not done yet
+        data.models["model"] = replace(data.get("model"), sha256=None)  # hash not done yet
     with pytest.raises(importer.DuplicateModel):
         import_path(library, _copy_of(dropped, tmp_path / "copy.gguf"), "copy")
 
@@ -108,7 +109,7 @@ def _copy_of(path: Path, dest: Path) -> Path:
 
 def test_duplicate_of_a_hidden_model_says_to_unhide(library: Library, tmp_path: Path) -> None:
     entry = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
-    library.remove(entry["id"])
+    library.remove(entry.id)
     with pytest.raises(importer.DuplicateModel) as err:
         import_path(library, tmp_path / "model.gguf", "copy")
     assert str(err.value) == (
@@ -126,31 +127,31 @@ def test_duplicate_upload_is_removed_and_refused(library: Library, tmp_path: Pat
         up.write(data)
         with pytest.raises(importer.DuplicateModel) as err:
             up.commit()
-    assert str(err.value) == _dup_message("uploaded.gguf", first["sha256"])
+    assert str(err.value) == _dup_message("uploaded.gguf", first.sha256)
     assert _visible(library.paths.models) == ["model.gguf", "registry.json"]
-    assert [e["id"] for e in library.entries()] == ["model"]
+    assert [e.id for e in library.entries()] == ["model"]
 
 
 def test_same_name_gets_distinct_id(library: Library, tmp_path: Path) -> None:
     a = import_path(library, write_gguf(tmp_path / "model.gguf"), "copy")
     (tmp_path / "other").mkdir()
     b = import_path(library, write_gguf(tmp_path / "other" / "model.gguf", name="x"), "copy")
-    assert (a["id"], b["id"]) == ("model", "model-2")
-    assert b["path"] == "model-2.gguf"
+    assert (a.id, b.id) == ("model", "model-2")
+    assert b.path == "model-2.gguf"
 
 
 def test_hard_link(library: Library, tmp_path: Path) -> None:
     src = write_gguf(tmp_path / "linked.gguf")
     entry = import_path(library, src, "link")
     assert os.stat(library.paths.models / "linked.gguf").st_ino == src.stat().st_ino
-    assert entry["external"] is False
+    assert entry.external is False
 
 
 def test_in_place_is_external(library: Library, tmp_path: Path) -> None:
     src = write_gguf(tmp_path / "where-it-is.gguf")
     entry = import_path(library, src, "in-place", backend="ctransformers", architecture="mistral")
-    assert (entry["path"], entry["external"]) == (str(src), True)
-    assert (entry["backend"], entry["architecture"], entry["architecture_source"]) == (
+    assert (entry.path, entry.external) == (str(src), True)
+    assert (entry.backend, entry.architecture, entry.architecture_source) == (
         "ctransformers", "mistral", "user")  # fmt: skip
     assert _visible(library.paths.models) == ["registry.json"]
 
@@ -197,8 +198,8 @@ def test_upload_streams_and_registers(library: Library, tmp_path: Path) -> None:
         for start in range(0, len(data), 100):
             up.write(data[start : start + 100])
         entry = up.commit(name="Uploaded")
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert (entry["name"], entry["path"]) == ("Uploaded", "up.gguf")
+    assert entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert (entry.name, entry.path) == ("Uploaded", "up.gguf")
 
 
 def test_broken_upload_leaves_nothing(library: Library) -> None:
@@ -251,7 +252,7 @@ FULL_DISK = textwrap.dedent(
     except importer.DiskFull as exc:
         result["error"] = str(exc)
     result["files"] = sorted(p.name for p in (home / "models").iterdir())
-    result["registry"] = [e["id"] for e in library.entries()]
+    result["registry"] = [e.id for e in library.entries()]
     print(json.dumps(result))
     """
 )

@@ -35,9 +35,9 @@ def _settled(path: Path, age_s: float = 60.0) -> Path:
 
 def _add(library: Library, name: str = "m0") -> tuple[dict, Path, bytes]:
     path = _settled(write_gguf(library.paths.models / f"{name}.gguf"))
-    entry = library.register(path)
+    entry = library.register(path).entry
     library.hasher.join()
-    return library.get(entry["id"]), path, path.read_bytes()
+    return library.get(entry.id), path, path.read_bytes()
 
 
 # -- 9.3: a removed model stays hidden --------------------------------------------------
@@ -45,13 +45,13 @@ def _add(library: Library, name: str = "m0") -> tuple[dict, Path, bytes]:
 
 def test_removed_model_is_not_added_back_by_a_scan(library: Library) -> None:
     entry, path, data = _add(library)
-    library.remove(entry["id"])
+    library.remove(entry.id)
     report = library.scan()
     assert library.entries() == []
     assert report.hidden == ["m0.gguf"] and report.added == []
     assert path.read_bytes() == data  # the files stay, untouched
     (hidden,) = library.hidden()
-    assert (hidden.entry["id"], hidden.entry["path"], hidden.on_disk) == ("m0", "m0.gguf",
+    assert (hidden.entry.id, hidden.entry.path, hidden.on_disk) == ("m0", "m0.gguf",
                                                                           "unchanged")  # fmt: skip
     # ...and again at the next start (a new Library on the same folder).
     Library().scan()
@@ -60,16 +60,16 @@ def test_removed_model_is_not_added_back_by_a_scan(library: Library) -> None:
 
 def test_unhide_brings_back_id_name_and_defaults(library: Library) -> None:
     entry, path, data = _add(library)
-    library.rename(entry["id"], "My model")
-    library.set_defaults(entry["id"], {"temperature": 0.2})
-    library.remove(entry["id"])
-    restored = library.unhide(entry["id"])
-    assert (restored["id"], restored["name"], restored["status"]) == ("m0", "My model", "present")
-    assert restored["defaults"]["temperature"] == 0.2
-    assert restored["sha256"] == entry["sha256"]
+    library.rename(entry.id, "My model")
+    library.set_defaults(entry.id, {"temperature": 0.2})
+    library.remove(entry.id)
+    restored = library.unhide(entry.id)
+    assert (restored.id, restored.name, restored.status) == ("m0", "My model", "present")
+    assert restored.defaults["temperature"] == 0.2
+    assert restored.sha256 == entry.sha256
     assert library.hidden() == []
     assert library.scan().added == []
-    assert [e["id"] for e in library.entries()] == ["m0"]
+    assert [e.id for e in library.entries()] == ["m0"]
     assert path.read_bytes() == data
 
 
@@ -84,7 +84,7 @@ def test_unhide_of_an_unknown_id_says_how_to_list(library: Library) -> None:
 def test_same_bytes_copied_back_stay_hidden(library: Library, tmp_path: Path) -> None:
     """Same path, size and sha256 but a new mtime (copied back in): still the hidden model."""
     entry, path, data = _add(library)
-    library.remove(entry["id"])
+    library.remove(entry.id)
     shutil.copyfile(path, tmp_path / "saved.gguf")
     path.unlink()
     shutil.copyfile(tmp_path / "saved.gguf", path)
@@ -96,29 +96,29 @@ def test_same_bytes_copied_back_stay_hidden(library: Library, tmp_path: Path) ->
 
 def test_a_different_file_at_a_hidden_path_is_a_new_model(library: Library) -> None:
     entry, path, _ = _add(library)
-    library.remove(entry["id"])
+    library.remove(entry.id)
     # Same size, different bytes: a different model at the same path.
     other = write_gguf(path, tensors={"token_embd.weight": np.full((32, 16), 2, np.float32),
                                       "output.weight": np.ones((8, 16), np.float16)})  # fmt: skip
     _settled(other)
-    assert other.stat().st_size == entry["size_bytes"]
+    assert other.stat().st_size == entry.size_bytes
     report = library.scan()
     library.hasher.join()
     # The hidden id stays reserved (its chat history is keyed by it).
     assert report.added == ["m0-2"]
-    assert library.get("m0-2")["sha256"] != entry["sha256"]
+    assert library.get("m0-2").sha256 != entry.sha256
     with pytest.raises(ImportRefused) as err:
         library.unhide("m0")
     assert str(err.value) == (
         "m0.gguf now holds another model, m0 (id m0-2), added after m0 was hidden, so m0's "
         "own file is no longer there. Nothing was changed."
     )
-    assert [h.entry["id"] for h in library.hidden()] == ["m0"]
+    assert [h.entry.id for h in library.hidden()] == ["m0"]
 
 
 def test_remove_with_delete_files_hides_nothing(library: Library) -> None:
     entry, path, _ = _add(library)
-    library.remove(entry["id"], delete_files=True)
+    library.remove(entry.id, delete_files=True)
     assert not path.exists() and library.hidden() == []
 
 
@@ -138,7 +138,7 @@ def test_registry_without_hidden_list_loads_unchanged(library: Library) -> None:
 def test_hidden_records_are_validated(library: Library) -> None:
     entry, _, _ = _add(library)
     doc = {"schema": SCHEMA, "version": 1, "models": [],
-           "hidden": [{"entry": entry}, {"hidden_at": "2026-01-01", "entry": {"id": "x"}}]}  # fmt: skip
+           "hidden": [{"entry": entry.to_json()}, {"hidden_at": "2026-01-01", "entry": {"id": "x"}}]}  # fmt: skip
     library.paths.registry.write_text(json.dumps(doc))
     with pytest.raises(RegistryCorrupt) as err:
         library.entries()
@@ -157,7 +157,7 @@ def test_truncated_file_is_marked_damaged_with_the_reason(library: Library) -> N
     report = library.refresh()
     assert report.damaged == {"m0": TRUNCATED}
     now = library.get("m0")
-    assert (now["status"], now["problem"], now["size_bytes"], now["sha256"]) == (
+    assert (now.status, now.problem, now.size_bytes, now.sha256) == (
         "damaged", TRUNCATED, len(data) - 100, None)  # fmt: skip
     assert path.read_bytes() == data[:-100]  # reading never changes the file
     # Unchanged since: nothing is re-read and nothing reported.
@@ -167,8 +167,7 @@ def test_truncated_file_is_marked_damaged_with_the_reason(library: Library) -> N
     assert library.refresh().updated == ["m0"]
     library.hasher.join()
     again = library.get("m0")
-    assert (again["status"], "problem" in again, again["sha256"]) == (
-        "present", False, entry["sha256"])  # fmt: skip
+    assert (again.status, again.problem, again.sha256) == ("present", None, entry.sha256)
 
 
 def test_replaced_file_is_read_again(library: Library) -> None:
@@ -177,10 +176,10 @@ def test_replaced_file_is_read_again(library: Library) -> None:
     assert library.refresh().updated == ["m0"]
     library.hasher.join()
     now = library.get("m0")
-    assert (now["architecture"], now["metadata"]["model_name"]) == ("qwen2", "Replacement")
-    assert now["metadata"]["context_length"] == 4096
-    assert now["sha256"] not in (None, entry["sha256"])
-    assert now["size_bytes"] == path.stat().st_size
+    assert (now.architecture, now.metadata.model_name) == ("qwen2", "Replacement")
+    assert now.metadata.context_length == 4096
+    assert now.sha256 not in (None, entry.sha256)
+    assert now.size_bytes == path.stat().st_size
 
 
 def test_scan_reports_damaged_entries(library: Library) -> None:
@@ -193,7 +192,7 @@ def test_scan_reports_damaged_entries(library: Library) -> None:
         "corrupted or from a much newer llama.cpp."
     )
     assert report.damaged == {"m0": reason}
-    assert (library.get("m0")["status"], library.get("m0")["problem"]) == ("damaged", reason)
+    assert (library.get("m0").status, library.get("m0").problem) == ("damaged", reason)
     assert path.read_bytes() == b"GGUF junk"
 
 
@@ -202,7 +201,7 @@ def test_a_file_changing_right_now_is_left_for_the_watcher(library: Library) -> 
     path.write_bytes(data[:-100])  # mtime is now: it may still be copying
     report = library.scan(settle_s=1.5)
     assert report.busy == [path] and report.damaged == {}
-    assert library.get("m0")["status"] == "present"
+    assert library.get("m0").status == "present"
 
 
 # -- 9.8: drop-ins that cannot be used are listed with the reason -----------------------

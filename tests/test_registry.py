@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,21 @@ import pytest
 from appliance.errors import RegistryCorrupt
 from appliance.library.library import Library
 from appliance.library.registry import SCHEMA, Registry
+from appliance.model_entry import ModelEntry
 from appliance.paths import current
 from tests.helpers import write_gguf
+
+# Written by the code before entries became ModelEntry values (0c0055a), with every
+# status, a user-set architecture, a chosen backend, an HF folder, a legacy GGML file,
+# a model registered in place, a remote model, a hidden one and custom defaults.
+OLD_REGISTRY = Path(__file__).parent / "data" / "registry-v1.json"
 
 
 def _registered(library: Library, n: int = 1) -> list[dict]:
     entries = []
     for i in range(n):
         path = write_gguf(library.paths.models / f"m{i}.gguf")
-        entries.append(library.register(path))
+        entries.append(library.register(path).entry)
     library.hasher.join()  # no background write races the hand edits below
     return entries
 
@@ -48,6 +55,37 @@ def test_schema_of_a_written_registry(library: Library) -> None:
     assert entry["metadata"]["quantization"] == "Q4_1"
     assert entry["defaults"]["temperature"] == 0.7
     assert "added_at" in entry
+
+
+def test_a_registry_written_before_model_entries_loads_and_saves_unchanged(
+    library: Library,
+) -> None:
+    before = OLD_REGISTRY.read_bytes()
+    library.paths.registry.write_bytes(before)
+    data = library.registry.load()
+    doc = json.loads(before)
+    assert [e.to_json() for e in data.models.values()] == doc["models"]
+    assert [(r.hidden_at, r.entry.to_json()) for r in data.hidden] == [
+        (r["hidden_at"], r["entry"]) for r in doc["hidden"]
+    ]
+    library.registry.save(data)
+    assert library.paths.registry.read_bytes() == before
+    assert library.registry.load() == data
+    assert (data.models["gone"].status, data.models["cut"].status) == ("missing", "damaged")
+    assert data.models["cut"].problem.startswith("Tensor 'token_embd.weight' ends at byte")
+    remote = data.models["lan-smollm2"]
+    assert (remote.is_remote, remote.metadata.model_name, remote.secret_name) == (
+        True, "smollm2", "api-key:lan-smollm2")  # fmt: skip
+    assert data.models["qwen-notemplate"].architecture_source == "user"
+    assert data.models["tiny-chat"].defaults["system_prompt"] == "Be brief. «ünïcode»"
+
+
+def test_keys_this_version_does_not_know_are_kept(library: Library) -> None:
+    doc = json.loads(OLD_REGISTRY.read_bytes())
+    doc["models"][0]["is_current"] = True  # written by an older version
+    entry = ModelEntry.from_json(doc["models"][0])
+    assert entry.extra == {"is_current": True}
+    assert list(entry.to_json())[-1] == "is_current" and entry.to_json() == doc["models"][0]
 
 
 def test_invalid_json_is_kept_and_named(library: Library) -> None:
@@ -89,7 +127,7 @@ def test_repair_lists_what_it_drops(library: Library) -> None:
     assert dropped == [
         "models[1]: entry 'm1': 'path' must stay inside models/ unless 'external' is true"
     ]
-    assert [e["id"] for e in library.entries()] == ["m0"]
+    assert [e.id for e in library.entries()] == ["m0"]
     assert list(library.paths.models.glob("registry.json.corrupt-*"))
 
 
@@ -101,32 +139,32 @@ def test_newer_version_is_refused_not_overwritten(library: Library) -> None:
 
 def test_remove_keeps_files_unless_asked(library: Library) -> None:
     a, b = _registered(library, 2)
-    library.remove(a["id"])
+    library.remove(a.id)
     assert (library.paths.models / "m0.gguf").exists()
-    library.remove(b["id"], delete_files=True)
+    library.remove(b.id, delete_files=True)
     assert not (library.paths.models / "m1.gguf").exists()
     assert library.entries() == []
 
 
 def test_remove_never_deletes_external_files(library: Library, tmp_path: Path) -> None:
     outside = write_gguf(tmp_path / "outside.gguf")
-    entry = library.register(outside, external=True)
+    entry = library.register(outside, external=True).entry
     with pytest.raises(Exception, match="outside models/ .* this app never deletes files there"):
-        library.remove(entry["id"], delete_files=True)
-    assert outside.exists() and library.get(entry["id"])
+        library.remove(entry.id, delete_files=True)
+    assert outside.exists() and library.get(entry.id)
 
 
 def test_rename_keeps_id(library: Library) -> None:
     (entry,) = _registered(library)
-    library.rename(entry["id"], "My favourite")
-    assert library.get(entry["id"])["name"] == "My favourite"
+    library.rename(entry.id, "My favourite")
+    assert library.get(entry.id).name == "My favourite"
 
 
 def test_name_collision_gets_distinct_id(library: Library) -> None:
-    a = library.register(write_gguf(library.paths.models / "same.gguf"))
+    a = library.register(write_gguf(library.paths.models / "same.gguf")).entry
     (library.paths.models / "sub").mkdir()
-    b = library.register(write_gguf(library.paths.models / "sub" / "same.gguf"))
-    assert (a["id"], b["id"]) == ("same", "same-2")
+    b = library.register(write_gguf(library.paths.models / "sub" / "same.gguf")).entry
+    assert (a.id, b.id) == ("same", "same-2")
 
 
 def test_threads_do_not_lose_updates(library: Library) -> None:
@@ -134,15 +172,16 @@ def test_threads_do_not_lose_updates(library: Library) -> None:
 
     def bump(i: int) -> None:
         with library.registry.transaction() as data:
-            current_value = data.get(entry["id"])["defaults"]["max_tokens"]
-            data.get(entry["id"])["defaults"]["max_tokens"] = current_value + 1
+            now = data.get(entry.id)
+            defaults = {**now.defaults, "max_tokens": now.defaults["max_tokens"] + 1}
+            data.models[entry.id] = replace(now, defaults=defaults)
 
     threads = [threading.Thread(target=bump, args=(i,)) for i in range(20)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert library.get(entry["id"])["defaults"]["max_tokens"] == 512 + 20
+    assert library.get(entry.id).defaults["max_tokens"] == 512 + 20
 
 
 def _bump_in_process(home: str, n: int) -> None:
@@ -150,7 +189,9 @@ def _bump_in_process(home: str, n: int) -> None:
     registry = Registry(current().registry)
     for _ in range(n):
         with registry.transaction() as data:
-            data.get("m0")["defaults"]["max_tokens"] += 1
+            now = data.get("m0")
+            defaults = {**now.defaults, "max_tokens": now.defaults["max_tokens"] + 1}
+            data.models["m0"] = replace(now, defaults=defaults)
 
 
 def test_processes_do_not_lose_updates(library: Library, appliance_home: Path) -> None:
@@ -162,12 +203,13 @@ def test_processes_do_not_lose_updates(library: Library, appliance_home: Path) -
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert library.get("m0")["defaults"]["max_tokens"] == 512 + 30
+    assert library.get("m0").defaults["max_tokens"] == 512 + 30
 
 
 WRITER = textwrap.dedent(
     """
     import sys
+    from dataclasses import replace
     from pathlib import Path
     from appliance.library.registry import Registry
     registry = Registry(Path(sys.argv[1]))
@@ -177,8 +219,8 @@ WRITER = textwrap.dedent(
         i += 1
         with registry.transaction() as data:
             entry = data.get("m0")
-            entry["name"] = f"name {i}"
-            entry["defaults"]["system_prompt"] = "x" * (i % 20000)
+            defaults = {**entry.defaults, "system_prompt": "x" * (i % 20000)}
+            data.models["m0"] = replace(entry, name=f"name {i}", defaults=defaults)
     """
 )
 
@@ -195,7 +237,7 @@ def test_writer_killed_mid_write_leaves_registry_readable(library: Library) -> N
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         entries = library.entries()  # parses and validates
-        assert entries[0]["id"] == "m0"
+        assert entries[0].id == "m0"
     # Stale temp files left by the killed writers are swept at the next start.
     Library()
     assert not [p for p in library.paths.models.iterdir() if ".tmp-" in p.name]

@@ -9,6 +9,7 @@ import pytest
 
 from appliance import hardware, settings
 from appliance.hardware import Gpu, Hardware
+from appliance.model_entry import ModelEntry, ModelMetadata
 
 
 def test_defaults_then_save_and_reload(appliance_home: Path) -> None:
@@ -46,11 +47,12 @@ def test_snapshot_reads_this_machine() -> None:
 
 
 def test_fit_uses_the_header_kv_geometry() -> None:
-    info = {"size_bytes": 98_362_432, "format": "gguf",
-            "metadata": {"layers": 30, "embedding": 576, "heads": 9, "kv_heads": 3,
-                         "context_length": 8192}}  # fmt: skip
+    metadata = ModelMetadata(layers=30, embedding=576, heads=9, kv_heads=3, context_length=8192)
+    info = ModelEntry(id="m", name="m", path="m.gguf", external=False, format="gguf",
+                      backend="llama.cpp", architecture="llama", size_bytes=98_362_432,
+                      added_at="2026-01-01", status="present", metadata=metadata)  # fmt: skip
     # 2 (K,V) * 30 layers * 8192 tokens * 576 * 3/9 * 2 bytes = 188,743,680 bytes
-    assert hardware.kv_cache_bytes(info["metadata"], 8192) == 188_743_680
+    assert hardware.kv_cache_bytes(info.metadata, 8192) == 188_743_680
     needed = hardware.memory_needed(info)
     assert needed == 98_362_432 + 188_743_680 + hardware.COMPUTE_OVERHEAD
     roomy = Hardware(16 << 30, 8 << 30, 2, 2)

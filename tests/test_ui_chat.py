@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from appliance.library.library import Library
+from appliance.model_entry import ModelEntry
 from appliance.ui.services import services
 from tests.vault_helpers import PASSWORD, fast_vault
 
@@ -42,12 +43,12 @@ def run_page(appliance_home: Path, unlocked) -> Iterator:
 
 
 @pytest.fixture
-def demo(appliance_home: Path, demo_model: Path) -> dict:
+def demo(appliance_home: Path, demo_model: Path) -> ModelEntry:
     (appliance_home / "models" / demo_model.name).hardlink_to(demo_model)
     library = Library()
-    entry = library.register(appliance_home / "models" / demo_model.name)
+    entry = library.register(appliance_home / "models" / demo_model.name).entry
     library.set_defaults(
-        entry["id"],
+        entry.id,
         {
             "temperature": 0.0,
             "seed": 42,
@@ -62,7 +63,7 @@ def _send(app: AppTest, text: str) -> AppTest:
     return app.chat_input(key="chat-input").set_value(text).run()
 
 
-def test_chat_streams_stores_and_resumes(run_page, demo: dict, unlocked) -> None:
+def test_chat_streams_stores_and_resumes(run_page, demo: ModelEntry, unlocked) -> None:
     app = run_page("chat")
     assert not app.exception
     assert "A new conversation starts with your first message." in app.caption[0].value
@@ -71,9 +72,9 @@ def test_chat_streams_stores_and_resumes(run_page, demo: dict, unlocked) -> None
     roles = [m.name for m in app.chat_message]
     assert roles == ["user", "assistant"]
     assert "Paris" in app.chat_message[1].markdown[0].value
-    (conv,) = unlocked.history.conversations(demo["id"])
+    (conv,) = unlocked.history.conversations(demo.id)
     assert conv.title == "What is the capital of France?"
-    log = unlocked.history.messages(demo["id"], conv.id)
+    log = unlocked.history.messages(demo.id, conv.id)
     assert [m.role for m in log.messages] == ["user", "assistant"]
     assert log.messages[1].meta["context_length"] > 0
     assert any("Context:" in p.proto.text for p in app.get("progress"))
@@ -82,13 +83,13 @@ def test_chat_streams_stores_and_resumes(run_page, demo: dict, unlocked) -> None
     assert [m.name for m in again.chat_message] == ["user", "assistant"]
 
 
-def test_regenerate_replaces_the_last_reply(run_page, demo: dict, unlocked) -> None:
+def test_regenerate_replaces_the_last_reply(run_page, demo: ModelEntry, unlocked) -> None:
     app = run_page("chat")
     _send(app, "Name a colour.")
     next(b for b in app.button if b.label == "Regenerate the last reply").click().run()
     assert not app.exception
-    (conv,) = unlocked.history.conversations(demo["id"])
-    assert [m.role for m in unlocked.history.messages(demo["id"], conv.id).messages] == [
+    (conv,) = unlocked.history.conversations(demo.id)
+    assert [m.role for m in unlocked.history.messages(demo.id, conv.id).messages] == [
         "user",
         "assistant",
     ]
@@ -99,7 +100,9 @@ def test_no_model_available(run_page) -> None:
     assert app.info[0].value.startswith("No model is available.")
 
 
-def test_corrupted_model_gives_a_readable_error(run_page, demo: dict, appliance_home: Path) -> None:
+def test_corrupted_model_gives_a_readable_error(
+    run_page, demo: ModelEntry, appliance_home: Path
+) -> None:
     path = appliance_home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     data = path.read_bytes()
     path.unlink()  # break the hard link: the test's copy only
@@ -122,7 +125,7 @@ def test_corrupted_model_gives_a_readable_error(run_page, demo: dict, appliance_
     assert not [b for b in library.button if b.label in ("Load", "Switch to this model")]
 
 
-def test_busy_queue_is_a_warning(run_page, demo: dict) -> None:
+def test_busy_queue_is_a_warning(run_page, demo: ModelEntry) -> None:
     app = run_page("chat", run=False)
     services().host.queue_size = 0
     app.run()
@@ -130,12 +133,12 @@ def test_busy_queue_is_a_warning(run_page, demo: dict) -> None:
     assert app.warning[0].value.startswith("The engine is busy")
 
 
-def test_library_load_and_unload(run_page, demo: dict) -> None:
+def test_library_load_and_unload(run_page, demo: ModelEntry) -> None:
     app = run_page("library")
     next(b for b in app.button if b.label == "Load").click().run()
     assert not app.exception and not app.error
     status = services().host.status()
-    assert (status.model_id, status.phase, status.backend) == (demo["id"], "ready", "llama.cpp")
+    assert (status.model_id, status.phase, status.backend) == (demo.id, "ready", "llama.cpp")
     next(b for b in app.button if b.label == "Unload").click().run()
     assert services().host.status().phase == "idle"
 
@@ -157,7 +160,7 @@ def test_settings_page_saves_and_changes_password(run_page, unlocked) -> None:
     assert "wrong" in app.error[0].value.lower()
 
 
-def test_missing_model_is_explained(run_page, demo: dict, appliance_home: Path) -> None:
+def test_missing_model_is_explained(run_page, demo: ModelEntry, appliance_home: Path) -> None:
     (appliance_home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
     Library().scan()
     app = run_page("library")
@@ -170,10 +173,10 @@ def test_missing_model_is_explained(run_page, demo: dict, appliance_home: Path) 
     assert chat.info[0].value.startswith("No model is available.")
 
 
-def test_model_output_is_markdown_without_html(run_page, demo: dict, unlocked) -> None:
-    conv = unlocked.history.create(demo["id"], title="html")
-    unlocked.history.append(demo["id"], conv.id, "user", "hi")
-    unlocked.history.append(demo["id"], conv.id, "assistant", "**bold** <script>alert(1)</script>")
+def test_model_output_is_markdown_without_html(run_page, demo: ModelEntry, unlocked) -> None:
+    conv = unlocked.history.create(demo.id, title="html")
+    unlocked.history.append(demo.id, conv.id, "user", "hi")
+    unlocked.history.append(demo.id, conv.id, "assistant", "**bold** <script>alert(1)</script>")
     app = run_page("chat")
     body = app.chat_message[1].markdown[0]
     assert body.value == "**bold** <script>alert(1)</script>"

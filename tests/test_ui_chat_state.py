@@ -148,7 +148,7 @@ def test_chat_settings_stay_with_the_conversation(model: str, unlocked) -> None:
     assert app.number_input(key=f"{kept}-max_tokens").value == 7
     # Saved as the model's defaults, they start every new conversation.
     app.button(key=f"{kept}-save").click().run()
-    assert Library().get(model)["defaults"]["system_prompt"] == "Answer in French."
+    assert Library().get(model).defaults["system_prompt"] == "Answer in French."
     captions = [c.value for c in app.sidebar.caption]
     assert any(c.startswith("These belong to this conversation") for c in captions)
 
@@ -247,7 +247,7 @@ def _fake_with_template(library: Library, name: str) -> str:
     info = ModelInfo(path=str(path), format="gguf", backend="llama.cpp", architecture="fake",
                      architecture_source="metadata", size_bytes=path.stat().st_size,
                      chat_template=True)  # fmt: skip
-    return library.register(path, info=info)["id"]
+    return library.register(path, info=info).entry.id
 
 
 def test_settings_refuses_a_weak_new_password(fake_engine, unlocked) -> None:

@@ -49,11 +49,11 @@ def test_rename_and_defaults(run_page, appliance_home: Path) -> None:
     assert not app.exception
     app.text_input[0].set_value("Tiny renamed")
     next(b for b in app.button if b.label == "Rename").click().run()
-    assert Library().get("tiny")["name"] == "Tiny renamed"
+    assert Library().get("tiny").name == "Tiny renamed"
     slider = next(s for s in app.slider if s.label == "Temperature")
     slider.set_value(0.0)
     next(b for b in app.button if b.label == "Save defaults").click().run()
-    assert Library().get("tiny")["defaults"]["temperature"] == 0.0
+    assert Library().get("tiny").defaults["temperature"] == 0.0
 
 
 def test_import_from_path_with_inferred_defaults(run_page, tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_import_from_path_with_inferred_defaults(run_page, tmp_path: Path) -> No
     app.button(key="import-go").click().run()
     assert not app.error
     assert "Added **outside** (id `outside`, llama.cpp). sha256: `" in app.success[-1].value
-    assert Library().get("outside")["path"] == "outside.gguf"
+    assert Library().get("outside").path == "outside.gguf"
 
 
 def test_import_bad_path_and_bad_file(run_page, tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_browser_upload_is_written_and_registered(run_page, tmp_path: Path) -> N
     app.button(key="upload-go").click().run()
     assert not app.error, app.error
     entry = Library().get("up")
-    assert entry["path"] == "up.gguf" and entry["sha256"]
+    assert entry.path == "up.gguf" and entry.sha256
 
 
 def test_browser_upload_of_junk_is_refused(run_page, appliance_home: Path) -> None:
@@ -134,7 +134,7 @@ def test_hidden_models_are_listed_with_an_unhide_button(run_page, appliance_home
         f"**tiny** (`tiny`) — tiny.gguf, 2.6 KiB, hidden since {entry.hidden_at}; files: still there"
     ]
     app.button(key="unhide-tiny").click().run()
-    assert Library().get("tiny")["status"] == "present"
+    assert Library().get("tiny").status == "present"
     assert not [b for b in app.button if b.key == "unhide-tiny"]
     assert model.read_bytes() == data
 
@@ -147,7 +147,7 @@ def test_remove_on_the_page_keeps_the_files_and_hides(run_page, appliance_home: 
     app.button(key="rm-tiny").click().run()
     assert not app.exception and not app.error
     assert Library().entries() == []
-    assert [h.entry["id"] for h in Library().hidden()] == ["tiny"]
+    assert [h.entry.id for h in Library().hidden()] == ["tiny"]
     assert Library().scan().hidden == ["tiny.gguf"]
     assert model.read_bytes() == data
 
@@ -183,7 +183,7 @@ def test_duplicate_import_offers_the_existing_entry(
     app = run_page("import")
     app.text_input(key="import-path").input(str(source)).run()
     app.button(key="import-go").click().run()
-    sha = Library().get("outside")["sha256"]
+    sha = Library().get("outside").sha256
     (tmp_path / "b").mkdir()
     same = tmp_path / "b" / "again.gguf"
     same.write_bytes(source.read_bytes())
@@ -199,7 +199,7 @@ def test_duplicate_import_offers_the_existing_entry(
         "Using **outside** (id `outside`): nothing was copied. Load it from the Library or the "
         "Chat page."
     )
-    assert [e["id"] for e in Library().entries()] == ["outside"]
+    assert [e.id for e in Library().entries()] == ["outside"]
     # Asked for, a second copy is made.
     app.button(key="import-go").click().run()
     app.button(key="import-second-copy").click().run()
@@ -212,7 +212,7 @@ def test_duplicate_upload_offers_the_existing_entry(run_page, tmp_path: Path) ->
     app = run_page("import")
     app.file_uploader(key="upload").set_value(("up.gguf", data, "application/octet-stream")).run()
     app.button(key="upload-go").click().run()
-    sha = Library().get("up")["sha256"]
+    sha = Library().get("up").sha256
     app.file_uploader(key="upload").set_value(("copy.gguf", data, "application/octet-stream"))
     app.run()
     app.button(key="upload-go").click().run()
@@ -222,7 +222,7 @@ def test_duplicate_upload_offers_the_existing_entry(run_page, tmp_path: Path) ->
     ]
     app.button(key="upload-use-existing").click().run()
     assert app.success[-1].value.startswith("Using **up** (id `up`): nothing was copied.")
-    assert [e["id"] for e in Library().entries()] == ["up"]
+    assert [e.id for e in Library().entries()] == ["up"]
 
 
 # ---- issue 10.8 and 10.6: the library as a new user finds it ----------------------------
@@ -236,7 +236,7 @@ def test_remove_works_on_the_first_click_and_checks_the_id(run_page, appliance_h
     app.text_input(key="rm-confirm-tiny").input("tin")
     app.button(key="rm-tiny").click().run()
     assert app.error[0].value == "Type the id `tiny` exactly to confirm; nothing was removed."
-    assert [e["id"] for e in Library().entries()] == ["tiny"]
+    assert [e.id for e in Library().entries()] == ["tiny"]
     app.checkbox(key="rm-files-tiny").check()
     app.text_input(key="rm-confirm-tiny").input("tiny")  # no run: as typed, then the click
     app.button(key="rm-tiny").click().run()

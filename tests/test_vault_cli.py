@@ -177,7 +177,7 @@ def test_unlock_notices_recovered_conversations_and_damaged_model_ids(
 
     write_gguf(appliance_home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf", name="SmolLM2")
     Library().scan()
-    (model_id,) = [e["id"] for e in Library().entries()]
+    (model_id,) = [e.id for e in Library().entries()]
     chat = [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello!"}]
     write_seed_vault(appliance_home, PASSWORD, {"SmolLM2-135M-Instruct.Q4_1": chat})
     out = run("history", "list", stdin=pw(PASSWORD))

@@ -254,12 +254,12 @@ def test_history_follows_the_stable_model_id(library, appliance_home: Path) -> N
 
     write_gguf(appliance_home / "models" / "tiny.gguf", name="Tiny")
     library.scan()
-    model_id = library.entries()[0]["id"]
+    model_id = library.entries()[0].id
     history = fast_unlocked().history
     conv = history.create(model_id, "about tiny")
     history.append(model_id, conv.id, "user", "hello tiny")
     library.rename(model_id, "A brand new name")
-    assert library.entries()[0]["id"] == model_id
+    assert library.entries()[0].id == model_id
     assert history.latest(model_id).id == conv.id
     library.remove(model_id, delete_files=True)
     assert library.entries() == []

@@ -34,7 +34,7 @@ def model_id(appliance_home: Path) -> str:
     write_gguf(appliance_home / "models" / f"{STEM}.gguf", name="SmolLM2")
     Library().scan()
     (entry,) = Library().entries()
-    return entry["id"]
+    return entry.id
 
 
 def unlock(app: AppTest, password: str = PASSWORD) -> AppTest:

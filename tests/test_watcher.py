@@ -27,7 +27,7 @@ def wait_for(check: Callable[[], object], timeout: float = 6.0) -> object:
 
 
 def by_path(library: Library, rel: str) -> dict | None:
-    return next((e for e in library.entries() if e["path"] == rel), None)
+    return next((e for e in library.entries() if e.path == rel), None)
 
 
 @pytest.fixture(params=["inotify", "polling"])
@@ -73,8 +73,8 @@ def test_slow_copy_registers_only_once_complete(
     entry = wait_for(lambda: by_path(library, demo_model.name), timeout=5)
     assert entry, "not registered after the copy finished"
     assert time.monotonic() - finished <= 3.0
-    assert entry["metadata"]["parameters"] == 134_515_008
-    assert wait_for(lambda: library.get(entry["id"])["sha256"], timeout=20) == (
+    assert entry.metadata.parameters == 134_515_008
+    assert wait_for(lambda: library.get(entry.id).sha256, timeout=20) == (
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     )
 
@@ -105,7 +105,7 @@ def test_partial_names_are_ignored_until_renamed(
     assert library.entries() == []
     (models / "a.gguf.part").rename(models / "a.gguf")
     assert wait_for(lambda: by_path(library, "a.gguf"), timeout=3)
-    assert [e["path"] for e in library.entries()] == ["a.gguf"]
+    assert [e.path for e in library.entries()] == ["a.gguf"]
 
 
 def test_delete_marks_missing_and_rename_updates_path(
@@ -117,9 +117,9 @@ def test_delete_marks_missing_and_rename_updates_path(
     (models / "sub").mkdir()
     (models / "keep.gguf").rename(models / "sub" / "renamed.gguf")
     moved = wait_for(lambda: by_path(library, "sub/renamed.gguf"))
-    assert moved and moved["id"] == entry["id"] and moved["status"] == "present"
+    assert moved and moved.id == entry.id and moved.status == "present"
     (models / "sub" / "renamed.gguf").unlink()
-    assert wait_for(lambda: library.get(entry["id"])["status"] == "missing")
+    assert wait_for(lambda: library.get(entry.id).status == "missing")
     assert len(library.entries()) == 1
 
 
@@ -133,9 +133,9 @@ def test_hf_folder_copied_in_registers_once(
         shutil.copy(path, dest / path.name)
         time.sleep(0.2)
     entry = wait_for(lambda: by_path(library, "tiny-llama"))
-    assert entry and entry["format"] == "hf-folder" and entry["metadata"]["shards"] == 2
+    assert entry and entry.format == "hf-folder" and entry.metadata.shards == 2
     time.sleep(0.5)
-    assert [e["path"] for e in library.entries()] == ["tiny-llama"]
+    assert [e.path for e in library.entries()] == ["tiny-llama"]
 
 
 def test_bad_file_is_rejected_with_reason(watcher: DropInWatcher, library: Library) -> None:
@@ -148,7 +148,7 @@ def test_bad_file_is_rejected_with_reason(watcher: DropInWatcher, library: Libra
 
 def test_startup_scan_catches_up(library: Library) -> None:
     models = library.paths.models
-    gone = library.register(write_gguf(models / "gone.gguf"))
+    gone = library.register(write_gguf(models / "gone.gguf")).entry
     (models / "gone.gguf").unlink()
     write_gguf(models / "old.gguf", name="old")
     write_gguf(models / "new.gguf", name="new")
@@ -157,24 +157,28 @@ def test_startup_scan_catches_up(library: Library) -> None:
     w = DropInWatcher(library).start()
     try:
         # Changes made while the app was down are picked up by the scan at start...
-        assert library.get(gone["id"])["status"] == "missing"
+        assert library.get(gone.id).status == "missing"
         assert by_path(library, "old.gguf")
         # ...except a file modified just now, which may still be copying: it waits.
         assert by_path(library, "new.gguf") is None
         assert wait_for(lambda: by_path(library, "new.gguf"), timeout=3)
-        assert [e.action for e in w.events] == ["registered", "missing", "registered"]
+        assert [e.action for e in w.events] == [
+            "missing",
+            "registered",
+            "registered",
+        ]  # in the order done
     finally:
         w.stop()
 
 
 def test_move_while_down_is_followed(library: Library) -> None:
     models = library.paths.models
-    entry = library.register(write_gguf(models / "m.gguf"))
+    entry = library.register(write_gguf(models / "m.gguf")).entry
     (models / "moved").mkdir()
     (models / "m.gguf").rename(models / "moved" / "m.gguf")
     report = library.scan()
-    assert report.moved == [entry["id"]]
-    assert library.get(entry["id"])["path"] == "moved/m.gguf"
+    assert report.moved == [entry.id]
+    assert library.get(entry.id).path == "moved/m.gguf"
     assert len(library.entries()) == 1
 
 
@@ -187,7 +191,7 @@ def test_symlinks_are_not_followed(
     write_gguf(library.paths.models / "plain.gguf")
     assert wait_for(lambda: by_path(library, "plain.gguf")), "the watcher registered nothing"
     time.sleep(0.5)  # the link was created first: it would be registered by now
-    assert [e["path"] for e in library.entries()] == ["plain.gguf"]
+    assert [e.path for e in library.entries()] == ["plain.gguf"]
     assert [e.path for e in watcher.events] == ["plain.gguf"]
 
 
@@ -200,23 +204,23 @@ def test_removed_model_is_not_registered_again(watcher: DropInWatcher, library: 
     models = library.paths.models
     write_gguf(models / "gone.gguf")
     entry = wait_for(lambda: by_path(library, "gone.gguf"))
-    assert wait_for(lambda: library.get(entry["id"])["sha256"])
+    assert wait_for(lambda: library.get(entry.id).sha256)
     data = (models / "gone.gguf").read_bytes()
-    library.remove(entry["id"])
+    library.remove(entry.id)
     later = time.time() + 5
     os.utime(models / "gone.gguf", (later, later))  # same bytes, new mtime: an event on it
     write_gguf(models / "other.gguf")  # and an event on the folder
     assert wait_for(lambda: by_path(library, "other.gguf"))
     time.sleep(0.5)
-    assert [e["path"] for e in library.entries()] == ["other.gguf"]
+    assert [e.path for e in library.entries()] == ["other.gguf"]
     assert (models / "gone.gguf").read_bytes() == data
     assert _events_for(watcher, "gone.gguf") == [
-        f"registered gone.gguf: id {entry['id']}, llama.cpp",
-        f"hidden     gone.gguf: id {entry['id']} was removed from the library and stays hidden; "
-        f"unhide it to add it again (`appliance models unhide {entry['id']}`)",
+        f"registered gone.gguf: id {entry.id}, llama.cpp",
+        f"hidden     gone.gguf: id {entry.id} was removed from the library and stays hidden; "
+        f"unhide it to add it again (`appliance models unhide {entry.id}`)",
     ]
-    library.unhide(entry["id"])
-    assert library.get(entry["id"])["status"] == "present"
+    library.unhide(entry.id)
+    assert library.get(entry.id).status == "present"
 
 
 def test_each_rejected_drop_in_is_reported_once(watcher: DropInWatcher, library: Library) -> None:
@@ -241,15 +245,15 @@ def test_truncated_registered_file_is_marked_damaged(
     data = write_gguf(models / "cut.gguf").read_bytes()
     entry = wait_for(lambda: by_path(library, "cut.gguf"))
     (models / "cut.gguf").write_bytes(data[:-100])
-    damaged = wait_for(lambda: library.get(entry["id"])["status"] == "damaged")
+    damaged = wait_for(lambda: library.get(entry.id).status == "damaged")
     assert damaged, "the truncated file still shows as present"
     problem = (
         "Tensor 'output.weight' ends at byte 2,688 but the file has only 2,588 bytes: the file "
         "is truncated or still being copied. Copy it again from the original."
     )
-    now = library.get(entry["id"])
-    assert (now["problem"], now["size_bytes"], now["sha256"]) == (problem, 2588, None)
-    assert f"damaged    cut.gguf: id {entry['id']}: {problem}" in _events_for(watcher, "cut.gguf")
+    now = library.get(entry.id)
+    assert (now.problem, now.size_bytes, now.sha256) == (problem, 2588, None)
+    assert f"damaged    cut.gguf: id {entry.id}: {problem}" in _events_for(watcher, "cut.gguf")
     (models / "cut.gguf").write_bytes(data)
-    assert wait_for(lambda: library.get(entry["id"])["status"] == "present")
+    assert wait_for(lambda: library.get(entry.id).status == "present")
     assert len(library.entries()) == 1

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance import format as fmt
+from appliance.capabilities import BACKEND_NAMES
 from appliance.errors import ImportRefused
-from appliance.library.model_info import BACKENDS
+from appliance.model_entry import ModelEntry
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -35,7 +36,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p = models.add_parser("add", help="register a model (copy, link or in place)")
     p.add_argument("path", type=Path)
     p.add_argument("--name")
-    p.add_argument("--backend", choices=BACKENDS)
+    p.add_argument("--backend", choices=BACKEND_NAMES)
     p.add_argument("--arch", help="override the architecture read from the header")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--copy", dest="mode", action="store_const", const="copy")
@@ -84,24 +85,24 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _fresh_entries(library) -> list[dict[str, Any]]:
+def _fresh_entries(library) -> list[ModelEntry]:
     """The entries after re-reading files that changed on disk (and hashing them)."""
     library.refresh()
     _finish_hashing(library)
     return library.entries()
 
 
-def _sha_cell(entry: dict[str, Any]) -> str:
-    if entry["sha256"]:
-        return entry["sha256"][:12]
-    return "hashing…" if entry["status"] == "present" else "-"
+def _sha_cell(entry: ModelEntry) -> str:
+    if entry.sha256:
+        return entry.sha256[:12]
+    return "hashing…" if entry.status == "present" else "-"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     library = _library()
     entries = _fresh_entries(library)
     if args.json:
-        print_json({"version": 1, "models": entries})
+        print_json({"version": 1, "models": [e.to_json() for e in entries]})
         return 0
     hidden = len(library.hidden())
     if not entries:
@@ -123,28 +124,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     rows = [header]
     for e in entries:
-        meta = e["metadata"]
+        meta = e.metadata
         rows.append((
-            e["id"], e["name"], e["format"], e["backend"], e["architecture"],
-            fmt.params(meta.get("parameters")), meta.get("quantization") or "-",
-            str(meta.get("context_length") or "-"), fmt.size(e["size_bytes"]),
-            _sha_cell(e), e["status"],
+            e.id, e.name, e.format, e.backend, e.architecture, fmt.params(meta.parameters),
+            meta.quantization or "-", str(meta.context_length or "-"), fmt.size(e.size_bytes),
+            _sha_cell(e), e.status,
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for e in entries:
-        if e["status"] == "damaged":
-            print(f"\n{e['id']} is damaged: {e['problem']}\n{_damaged_advice(e)}")
+        if e.status == "damaged":
+            print(f"\n{e.id} is damaged: {e.problem}\n{_damaged_advice(e)}")
     _print_hidden_hint(hidden)
     return 0
 
 
-def _damaged_advice(entry: dict[str, Any]) -> str:
-    where = entry["path"] if entry["external"] else f"models/{entry['path']}"
+def _damaged_advice(entry: ModelEntry) -> str:
     return (
-        f"To fix it, put a good copy at {where}, or remove the model "
-        f"(`appliance models remove {entry['id']}`)."
+        f"To fix it, put a good copy at {entry.location}, or remove the model "
+        f"(`appliance models remove {entry.id}`)."
     )
 
 
@@ -161,24 +160,25 @@ SHOW_FIELDS = ("id", "name", "status", "problem", "path", "external", "format", 
 def cmd_show(args: argparse.Namespace) -> int:
     library = _library()
     library.get(args.id)  # an unknown id fails here, before any work
-    entry, _ = library.recheck(args.id)
+    library.recheck(args.id)
     _finish_hashing(library)
     entry = library.get(args.id)
     if args.json:
-        print_json(entry)
+        print_json(entry.to_json())
         return 0
     for key in SHOW_FIELDS:
-        if key in entry:
-            value = entry[key]
-            shown = fmt.size(value) if key == "size_bytes" else ("-" if value is None else value)
-            print(f"{key:<20} {shown}")
-    for key, value in entry["metadata"].items():
+        value = getattr(entry, key)
+        if key == "problem" and value is None:
+            continue
+        shown = fmt.size(value) if key == "size_bytes" else ("-" if value is None else value)
+        print(f"{key:<20} {shown}")
+    for key, value in vars(entry.metadata).items():
         if key == "notes":
-            for note in value or []:
+            for note in value:
                 print(f"note: {note}")
         elif value is not None:
             print(f"{key:<20} {value}")
-    if entry["status"] == "damaged":
+    if entry.status == "damaged":
         print(_damaged_advice(entry))
     return 0
 
@@ -212,7 +212,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             allow_duplicate=args.allow_duplicate,
         )  # fmt: skip
     except DuplicateModel as dup:
-        model_id = dup.existing["id"]
+        model_id = dup.existing.id
         use = (
             f"Run `appliance models unhide {model_id}` to bring it back"
             if dup.hidden
@@ -222,11 +222,11 @@ def cmd_add(args: argparse.Namespace) -> int:
             f"{dup.fact} {use}, or add --allow-duplicate to import a second copy."
         ) from None
     _finish_hashing(library)
-    entry = library.get(entry["id"])
+    entry = library.get(entry.id)
     if args.json:
-        print_json(entry)
+        print_json(entry.to_json())
     else:
-        print(f"added {entry['id']} ({entry['name']}, {entry['backend']}) at {entry['path']}")
+        print(f"added {entry.id} ({entry.name}, {entry.backend}) at {entry.path}")
     return 0
 
 
@@ -253,14 +253,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     library = _library()
     entry = library.remove(args.id, delete_files=args.delete_files)
     if args.delete_files:
-        print(f"removed {entry['id']}; its files were deleted. Its chat history is kept.")
-    elif library.is_remote(entry):
-        print(f"removed {entry['id']} (served by {entry['path']}). Its chat history is kept.")
+        print(f"removed {entry.id}; its files were deleted. Its chat history is kept.")
+    elif entry.is_remote:
+        print(f"removed {entry.id} (served by {entry.path}). Its chat history is kept.")
     else:
         print(
-            f"removed {entry['id']}; its files stay at {entry['path']} and it is hidden: scans "
+            f"removed {entry.id}; its files stay at {entry.path} and it is hidden: scans "
             "and the drop-in watcher will not add it again. Its chat history is kept. "
-            f"`appliance models unhide {entry['id']}` brings it back."
+            f"`appliance models unhide {entry.id}` brings it back."
         )
     return 0
 
@@ -270,16 +270,16 @@ def cmd_hidden(args: argparse.Namespace) -> int:
     if args.json:
         print_json({
             "version": 1,
-            "hidden": [{"hidden_at": h.hidden_at, "on_disk": h.on_disk, "entry": h.entry}
-                       for h in hidden],
+            "hidden": [{"hidden_at": h.hidden_at, "on_disk": h.on_disk,
+                        "entry": h.entry.to_json()} for h in hidden],
         })  # fmt: skip
         return 0
     if not hidden:
         print("No hidden models. `appliance models remove ID` hides a model and keeps its files.")
         return 0
     rows = [("ID", "NAME", "PATH", "SIZE", "HIDDEN SINCE", "FILES")]
-    rows += [(h.entry["id"], h.entry["name"], h.entry["path"], fmt.size(h.entry["size_bytes"]),
-              h.hidden_at, h.on_disk) for h in hidden]  # fmt: skip
+    rows += [(h.entry.id, h.entry.name, h.entry.path, fmt.size(h.entry.size_bytes), h.hidden_at,
+              h.on_disk) for h in hidden]  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -291,17 +291,17 @@ def cmd_unhide(args: argparse.Namespace) -> int:
     library = _library()
     entry = library.unhide(args.id)
     _finish_hashing(library)
-    entry = library.get(entry["id"])
-    print(f"unhid {entry['id']} ({entry['name']}); it is back in the library, {entry['status']}"
-          f", at {entry['path']}.")  # fmt: skip
-    if entry["status"] == "damaged":
-        print(f"It is damaged: {entry['problem']}\n{_damaged_advice(entry)}")
+    entry = library.get(entry.id)
+    print(f"unhid {entry.id} ({entry.name}); it is back in the library, {entry.status}, at "
+          f"{entry.path}.")  # fmt: skip
+    if entry.status == "damaged":
+        print(f"It is damaged: {entry.problem}\n{_damaged_advice(entry)}")
     return 0
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
     entry = _library().rename(args.id, args.name)
-    print(f"renamed {entry['id']} to {entry['name']!r}")
+    print(f"renamed {entry.id} to {entry.name!r}")
     return 0
 
 

@@ -67,6 +67,6 @@ def library_models() -> list[tuple[str, str, str]]:
     from appliance.library.library import Library
 
     try:
-        return [(e["id"], e["name"], e["path"]) for e in Library().entries()]
+        return [(e.id, e.name, e.path) for e in Library().entries()]
     except ApplianceError:
         return []

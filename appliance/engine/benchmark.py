@@ -30,6 +30,7 @@ import psutil
 from appliance.engine.host import Host
 from appliance.engine.options import physical_cores
 from appliance.library.library import Library
+from appliance.model_entry import ModelEntry
 from appliance.paths import Paths
 
 SYSTEM = "You are a helpful assistant."
@@ -112,9 +113,9 @@ def _raw_run(llm: Any, backend: Any, i: int, max_tokens: int) -> tuple[float, fl
 def bench_llama(demo: Path, runs: int, max_tokens: int, say: Callable[[str], None]) -> dict:
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as home:
         library = Library(Paths(Path(home)))
-        a = library.register(demo, external=True, name="bench-a")["id"]
+        a = library.register(demo, external=True, name="bench-a").entry.id
         copy = shutil.copyfile(demo, library.paths.models / "bench-b.gguf")
-        b = library.register(copy, name="bench-b")["id"]
+        b = library.register(copy, name="bench-b").entry.id
         threads = physical_cores()
         options = {"n_ctx": 2048, "n_threads": threads}
         host = Host(library, keep_alive_s=0)
@@ -136,7 +137,7 @@ def bench_llama(demo: Path, runs: int, max_tokens: int, say: Callable[[str], Non
 
             start = time.perf_counter()
             raw_backend = LlamaCppBackend()
-            raw_backend.load(_spec(demo, options), lambda _t: None)
+            raw_backend.load(_spec(library.get(a), options), lambda _t: None)
             raw_load_s = time.perf_counter() - start
             llm = raw_backend.llm
             host.load(a, options=options)
@@ -198,10 +199,10 @@ def bench_llama(demo: Path, runs: int, max_tokens: int, say: Callable[[str], Non
     }
 
 
-def _spec(path: Path, options: dict[str, Any]) -> Any:
+def _spec(entry: ModelEntry, options: dict[str, Any]) -> Any:
     from appliance.engine.backends.base import LoadSpec
 
-    return LoadSpec(str(path), {}, options)
+    return LoadSpec(entry.path, entry, options)
 
 
 def hf_bench_model(demo: Path, cache: Path, say: Callable[[str], None]) -> Path:
@@ -269,7 +270,7 @@ def bench_transformers(
         concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as raw,
     ):
         library = Library(Paths(Path(home)))
-        model_id = library.register(folder, external=True)["id"]
+        model_id = library.register(folder, external=True).entry.id
         host = Host(library, keep_alive_s=0, spare_worker=False)
         try:
             say("transformers: host and raw generate, alternating")

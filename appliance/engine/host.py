@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from appliance.engine import backends as backend_table
@@ -41,6 +42,7 @@ from appliance.engine.protocol import (
 )
 from appliance.errors import ApplianceError
 from appliance.library.library import Library
+from appliance.model_entry import ModelEntry
 
 PHASES = ("idle", "loading", "ready", "generating", "unloading", "error")
 WorkerFactory = Callable[[str | None], WorkerClient]
@@ -122,10 +124,15 @@ class Host:
         options: dict[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> HostStatus:
-        """Make model_id the resident model (blocks); a switch frees the previous one."""
-        options = check_options(options)
+        """Make model_id the resident model (blocks); a switch frees the previous one.
+
+        options: the load options its backend takes (appliance.capabilities), checked;
+        those only other backends take are left out.
+        """
+        entry = self.library.get(model_id)
+        options = check_options(entry.backend, options)
         with self._run_lock:
-            self._ensure_loaded(model_id, api_key, options, progress)
+            self._ensure_loaded(entry, api_key, options, progress)
             self._last_used = self.clock()
         return self.status()
 
@@ -167,13 +174,13 @@ class Host:
         """
         entry = self.library.get(model_id)
         clean = prompt.check_messages(messages)
-        merged = prompt.merge_settings(entry.get("defaults", {}), settings)
+        merged = prompt.merge_settings(dict(entry.defaults), settings)
         system = merged.pop("system_prompt")
         system = system if system_prompt is None else system_prompt
-        backend = backend_table.load_target(self._target(entry["backend"]))
+        backend = backend_table.load_target(self._target(entry.backend))
         backend.check_available()
         if raw:
-            prompt.check_completion(clean, backend.completion, entry["backend"])
+            prompt.check_completion(clean, backend.completion, entry.backend)
         request = ChatRequest(model_id, None if raw else system or None, clean, merged, api_key,
                               raw)  # fmt: skip
         with self._cond:
@@ -192,7 +199,7 @@ class Host:
     def supports_completion(self, model_id: str) -> bool:
         """Whether the model's backend can continue raw text (chat(..., raw=True))."""
         entry = self.library.get(model_id)
-        return backend_table.load_target(self._target(entry["backend"])).completion
+        return backend_table.load_target(self._target(entry.backend)).completion
 
     def check_idle(self) -> bool:
         """Unload the resident model if it has been idle for keep_alive_s; True if it did."""
@@ -274,7 +281,8 @@ class Host:
         if gen.cancelled:
             return
         try:
-            self._ensure_loaded(request.model_id, request.api_key, None, None)
+            entry = self.library.get(request.model_id)
+            self._ensure_loaded(entry, request.api_key, None, None)
         except ApplianceError as exc:
             gen.finish(error=exc if isinstance(exc, EngineError) else ModelLoadError(str(exc)))
             return
@@ -319,33 +327,32 @@ class Host:
 
     def _ensure_loaded(
         self,
-        model_id: str,
+        entry: ModelEntry,
         api_key: str | None,
         options: dict[str, Any] | None,
         progress: Progress | None,
     ) -> None:
-        entry = self.library.get(model_id)
+        model_id = entry.id
         resident = self._resident
         same = resident is not None and resident.model_id == model_id
         if same and resident.worker.alive() and options in (None, resident.options):
             return
         say = progress or (lambda _text: None)
-        target = self._target(entry["backend"])
+        target = self._target(entry.backend)
         backend_table.load_target(target).check_available()
-        remote = entry["format"] == "openai"
-        path = entry["path"] if remote else str(self.library.resolve(entry))
-        if not remote and not self.library.resolve(entry).exists():
+        path = entry.path if entry.is_remote else str(self.library.resolve(entry))
+        if not entry.is_remote and not Path(path).exists():
             raise ModelLoadError(
-                f"Cannot load {entry['name']}: {path} is missing. Put the file back, or "
+                f"Cannot load {entry.name}: {path} is missing. Put the file back, or "
                 "remove the model from the library."
             )
         if resident is not None:
             say(f"unloading {self._status.name}")
-            self._retire(f"switching to {entry['name']}")
-        self._set(HostStatus(model_id=model_id, name=entry["name"], backend=entry["backend"],
-                             architecture=entry["architecture"], phase="loading",
+            self._retire(f"switching to {entry.name}")
+        self._set(HostStatus(model_id=model_id, name=entry.name, backend=entry.backend,
+                             architecture=entry.architecture, phase="loading",
                              detail="starting the worker"))  # fmt: skip
-        say(f"loading {entry['name']}")
+        say(f"loading {entry.name}")
         worker = self._take_worker(target)
         try:
             loaded = self._load_in(worker, Load(target, path, entry, options or {}, api_key), say)
@@ -354,8 +361,8 @@ class Host:
             raise
         self._resident = _Resident(model_id, target, options or {}, worker)
         self._set(HostStatus(
-            model_id=model_id, name=entry["name"], backend=entry["backend"],
-            architecture=entry["architecture"], phase="ready", detail=loaded.detail,
+            model_id=model_id, name=entry.name, backend=entry.backend,
+            architecture=entry.architecture, phase="ready", detail=loaded.detail,
             context_length=loaded.context_length, n_threads=loaded.n_threads,
             n_gpu_layers=loaded.n_gpu_layers,
         ))  # fmt: skip
@@ -375,7 +382,7 @@ class Host:
         except WorkerDied as exc:
             hint = backend_table.load_target(request.target).crash_hint
             error = ModelLoadError(
-                f"Cannot load {request.entry['name']} ({request.path}): the worker process "
+                f"Cannot load {request.entry.name} ({request.path}): the worker process "
                 f"crashed while loading it ({exc}).{' ' + hint if hint else ''}"
             )
             self._set(HostStatus(phase="error", detail=str(error)))

@@ -1,6 +1,7 @@
-"""Per-backend load options and their machine-dependent defaults.
+"""Load options: checked against the backend's schema, and their machine-dependent defaults.
 
-(The machine facts, cores and free memory, come from appliance.hardware.)
+Which options each backend takes, and their bounds, is in appliance.capabilities; the
+machine facts, cores and free memory, come from appliance.hardware.
 
 - n_ctx: the model's own context length, capped so the KV cache fits memory
   (DEFAULT_CTX_CAP, and at most a quarter of the available memory).
@@ -14,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from appliance import capabilities
+from appliance.capabilities import MIN_CTX
 from appliance.engine.errors import InvalidOptions
 from appliance.hardware import available_memory, physical_cores
 
@@ -26,24 +29,27 @@ __all__ = [
 ]
 
 DEFAULT_CTX_CAP = 4096
-MIN_CTX = 64
-MAX_CTX = 1 << 20
 KV_MEMORY_SHARE = 0.25
-OPTION_BOUNDS: dict[str, tuple[int, int]] = {
-    "n_ctx": (MIN_CTX, MAX_CTX),
-    "n_threads": (1, 1024),
-    "n_gpu_layers": (-1, 100_000),
-}
 GPU_DEVICES = ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
-def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate the user's load options; unknown keys and bad values are refused."""
+def check_options(backend: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The user's load options that backend takes, checked against its bounds.
+
+    A key no backend knows is refused; one that only other backends take is left out,
+    so one set of settings (the app's threads and context) serves every model.
+    """
+    schema = capabilities.BACKENDS[backend]
     clean: dict[str, Any] = {}
     for key, value in (options or {}).items():
-        if key not in OPTION_BOUNDS:
-            raise InvalidOptions(f"Unknown load option {key!r}; use {', '.join(OPTION_BOUNDS)}.")
-        low, high = OPTION_BOUNDS[key]
+        if key not in capabilities.OPTION_NAMES:
+            raise InvalidOptions(
+                f"Unknown load option {key!r}; use {', '.join(capabilities.OPTION_NAMES)}."
+            )
+        option = schema.option(key)
+        if option is None:
+            continue
+        low, high = option.low, option.high
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidOptions(
                 f"The load option {key} must be a whole number from {low} to {high}."

@@ -19,9 +19,9 @@ from typing import Any
 
 from appliance import sampling
 from appliance.engine.errors import ContextOverflow, InvalidChat
+from appliance.roles import CHAT_ROLES
 
 Message = dict[str, str]
-ROLES = ("user", "assistant")
 FALLBACK_STOP = ("\nUser:", "\nSystem:")
 _FALLBACK_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -35,7 +35,7 @@ def check_messages(messages: Any) -> list[Message]:
         if not isinstance(message, dict):
             raise InvalidChat(f"Message {index} is not an object with 'role' and 'content'.")
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if role not in CHAT_ROLES:
             raise InvalidChat(f"Message {index} has role {role!r}; use 'user' or 'assistant'.")
         if not isinstance(content, str):
             raise InvalidChat(f"Message {index} has no text content.")

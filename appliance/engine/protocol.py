@@ -10,8 +10,9 @@ Requests (host -> worker) and events (worker -> host) are frozen dataclasses:
 
 `encode` and `decode_request` / `decode_event` are the only code that knows the wire
 format: one JSON object per multiprocessing frame, `{"type": "chunk", "id": 3, "text":
-"Hi"}`. Decoding checks the type tag, the field names and the field types, and raises
-ProtocolError saying what is wrong.
+"Hi"}`. Decoding checks the type tag, the field names and the field types (the rules of
+appliance.jsontypes), and raises ProtocolError saying what is wrong. Load's entry travels
+as the registry stores it (ModelEntry.to_json) and is validated the same way on arrival.
 
 `WorkerClient` is the host's handle on one worker process: `load()` returns Loaded (or
 raises the backend's error), `chat()` yields the request's events up to Done or Error,
@@ -25,7 +26,6 @@ import contextlib
 import dataclasses
 import json
 import threading
-import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 
 from appliance.engine.errors import EngineError, from_kind
 from appliance.engine.process import WorkerDied, WorkerProcess
+from appliance.jsontypes import checker, describe
+from appliance.model_entry import ModelEntry
 
 __all__ = [
     "Cancel",
@@ -70,7 +72,7 @@ class Load:
     tag: ClassVar[str] = "load"
     target: str
     path: str  # file or folder; for remote backends the server's base URL
-    entry: dict[str, Any]  # the registry entry
+    entry: ModelEntry
     options: dict[str, Any]
     api_key: str | None = None
 
@@ -180,7 +182,13 @@ _EVENTS = {cls.tag: cls for cls in typing.get_args(Event)}
 # -- the wire format -----------------------------------------------------------------------
 def encode(message: Message) -> bytes:
     """The frame for one message."""
-    return json.dumps({"type": message.tag, **vars(message)}).encode("utf-8")
+    return json.dumps({"type": message.tag, **vars(message)}, default=_to_json).encode("utf-8")
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, ModelEntry):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} cannot be sent to a worker")
 
 
 def decode_request(data: bytes) -> Request:
@@ -219,6 +227,11 @@ def _decode(data: bytes, table: dict[str, type], what: str) -> Any:
                 f"worker {what} {tag!r}: field {name} must be {shape.types[name]}, "
                 f"not {json.dumps(value)[:80]}"
             )
+        if name in shape.entries:
+            try:
+                body[name] = ModelEntry.from_json(value)
+            except ValueError as exc:
+                raise ProtocolError(f"worker {what} {tag!r}: field {name}: {exc}") from None
     return cls(**body)
 
 
@@ -229,6 +242,7 @@ class _Shape:
     required: tuple[str, ...]
     checks: dict[str, Callable[[Any], bool]]
     types: dict[str, str]  # for the error message: "int | None"
+    entries: tuple[str, ...]  # fields holding a ModelEntry (a JSON object on the wire)
 
 
 _SHAPES: dict[type, _Shape] = {}
@@ -238,10 +252,12 @@ def _shape(cls: type) -> _Shape:
     if cls not in _SHAPES:
         fields = dataclasses.fields(cls)
         hints = typing.get_type_hints(cls)
+        entries = tuple(f.name for f in fields if hints[f.name] is ModelEntry)
         _SHAPES[cls] = _Shape(
             required=tuple(f.name for f in fields if _required(f)),
-            checks={f.name: _checker(hints[f.name]) for f in fields},
-            types={f.name: _show(hints[f.name]) for f in fields},
+            checks={f.name: checker(_on_the_wire(hints[f.name])) for f in fields},
+            types={f.name: describe(_on_the_wire(hints[f.name])) for f in fields},
+            entries=entries,
         )
     return _SHAPES[cls]
 
@@ -250,32 +266,9 @@ def _required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
-def _checker(hint: Any) -> Callable[[Any], bool]:
-    """A test that a JSON value has the declared type (a bool is not a number here)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return lambda _value: True
-    if origin in (types.UnionType, typing.Union):
-        parts = [_checker(arg) for arg in args]
-        return lambda value: any(part(value) for part in parts)
-    if hint is type(None):
-        return lambda value: value is None
-    if origin is list:
-        item = _checker(args[0])
-        return lambda value: type(value) is list and all(map(item, value))
-    if origin is dict:
-        item = _checker(args[1])
-        return lambda value: type(value) is dict and all(map(item, value.values()))
-    if hint is float:
-        return lambda value: type(value) in (int, float)
-    return lambda value: type(value) is hint  # str, int, bool: exact, as JSON gives them
-
-
-def _show(hint: Any) -> str:
-    """A type as written in the dataclass: int, str | None, dict[str, Any]."""
-    if isinstance(hint, type) and typing.get_origin(hint) is None:
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
+def _on_the_wire(hint: Any) -> Any:
+    """A field's type as JSON carries it (a ModelEntry is an object)."""
+    return dict[str, Any] if hint is ModelEntry else hint
 
 
 # -- the host's client ---------------------------------------------------------------------

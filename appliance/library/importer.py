@@ -20,13 +20,16 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.errors import DiskFull, ImportRefused, ModelFileError
+from appliance.library.dropins import is_ignored_name
 from appliance.library.hashing import sha256_path
 from appliance.library.inspect import MODEL_SUFFIXES, inspect_model
-from appliance.library.library import Library, is_ignored_name
+from appliance.library.library import Library
+from appliance.model_entry import ModelEntry
 
 CHUNK = 8 << 20
 SPACE_MARGIN = 64 << 20  # keep this much free after a copy
@@ -42,10 +45,10 @@ class DuplicateModel(ImportRefused):
     callers that offer their own (a button, a command).
     """
 
-    def __init__(self, source_name: str, existing: dict[str, Any], hidden: bool) -> None:
+    def __init__(self, source_name: str, existing: ModelEntry, hidden: bool) -> None:
         self.existing = existing
         self.hidden = hidden
-        ref = f"{existing['name']} (id {existing['id']})"
+        ref = f"{existing.name} (id {existing.id})"
         if hidden:
             self.fact = (
                 f"{source_name} has the same content (sha256) as {ref}, which was removed from "
@@ -55,7 +58,7 @@ class DuplicateModel(ImportRefused):
         else:
             self.fact = (
                 f"{source_name} is already in the library as {ref}: same sha256 "
-                f"{existing['sha256'][:16]}…. Nothing was imported."
+                f"{(existing.sha256 or '')[:16]}…. Nothing was imported."
             )
             advice = "Use the existing model."
         super().__init__(f"{self.fact} {advice}")
@@ -72,12 +75,12 @@ def find_duplicate(
     a duplicate of source.
     """
     data = library.registry.load()
-    known = [(e, False) for e in data.models.values()] + [(r["entry"], True) for r in data.hidden]
+    known = [(e, False) for e in data.models.values()] + [(r.entry, True) for r in data.hidden]
     same_size = [
         (entry, hidden)
         for entry, hidden in known
-        if not library.is_remote(entry)
-        and entry["size_bytes"] == size
+        if not entry.is_remote
+        and entry.size_bytes == size
         and (hidden or library.resolve(entry) != source)
         and library.resolve(entry).exists()
     ]
@@ -85,9 +88,9 @@ def find_duplicate(
         return None
     digest = sha256 or sha256_path(source)
     for entry, hidden in same_size:
-        theirs = entry["sha256"] or sha256_path(library.resolve(entry))
+        theirs = entry.sha256 or sha256_path(library.resolve(entry))
         if theirs == digest:
-            return DuplicateModel(source.name, {**entry, "sha256": theirs}, hidden)
+            return DuplicateModel(source.name, replace(entry, sha256=theirs), hidden)
     return None
 
 
@@ -131,7 +134,7 @@ def import_path(
     architecture: str | None = None,
     progress: Progress | None = None,
     allow_duplicate: bool = False,
-) -> dict[str, Any]:
+) -> ModelEntry:
     """Import a model file or Hugging Face folder from a server-side path.
 
     Raises DuplicateModel, before copying anything, when the library already holds the
@@ -147,15 +150,15 @@ def import_path(
     options = {"name": name, "backend": backend, "architecture": architecture}
     if mode == "in-place":
         inside = library.relative(source) is not None
-        return library.register(source, external=not inside, info=info, **options)
+        return library.register(source, external=not inside, info=info, **options).entry
     if library.relative(source) is not None:
         raise ImportRefused(f"{source} is already inside models/; use in-place.")
     target = free_name(safe_target_name(library, source.name))
     if mode == "link":
         _link(source, target)
-        return library.register(target, **options)
+        return library.register(target, **options).entry
     sha = _copy(library, source, target, progress)
-    return library.register(target, sha256=sha, **options)
+    return library.register(target, sha256=sha, **options).entry
 
 
 def _link(source: Path, target: Path) -> None:
@@ -307,7 +310,7 @@ class Upload:
         self._digest.update(chunk)
         self.received += len(chunk)
 
-    def commit(self, allow_duplicate: bool = False, **options: Any) -> dict[str, Any]:
+    def commit(self, allow_duplicate: bool = False, **options: Any) -> ModelEntry:
         """Check the received file and register it; a duplicate is removed and refused."""
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -331,7 +334,7 @@ class Upload:
             raise DuplicateModel(self.target.name, dup.existing, dup.hidden)
         target = free_name(self.target)
         _commit(self.tmp, target)
-        return self.library.register(target, sha256=digest, **options)
+        return self.library.register(target, sha256=digest, **options).entry
 
     def abort(self) -> None:
         if self._fh is not None:

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from appliance.capabilities import default_backend
 from appliance.errors import (
     EmptyModelFile,
     ModelFileError,
@@ -37,7 +38,7 @@ from appliance.library.gguf_header import (
     GGUFHeader,
     read_gguf_header,
 )
-from appliance.library.model_info import DEFAULT_BACKEND, ModelInfo, guess_architecture
+from appliance.library.model_info import ModelInfo, guess_architecture
 
 MODEL_SUFFIXES = (".gguf", ".bin", ".safetensors")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl")
@@ -89,7 +90,7 @@ def _inspect_gguf(path: Path) -> ModelInfo:
     info = ModelInfo(
         path=str(path),
         format="gguf",
-        backend=DEFAULT_BACKEND["gguf"],
+        backend=default_backend("gguf"),
         architecture=arch if isinstance(arch, str) and arch else guess_architecture(path.name),
         architecture_source="metadata" if isinstance(arch, str) and arch else "filename",
         size_bytes=header.file_size,
@@ -161,7 +162,7 @@ def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
     info = ModelInfo(
         path=str(path),
         format="ggml",
-        backend=DEFAULT_BACKEND["ggml"],
+        backend=default_backend("ggml"),
         architecture=guess_architecture(path.name),
         architecture_source="filename",
         size_bytes=path.stat().st_size,
@@ -219,7 +220,7 @@ def _gpt2_layout_info(path: Path) -> ModelInfo | None:
     info = ModelInfo(
         path=str(path),
         format="ggml",
-        backend=DEFAULT_BACKEND["ggml"],
+        backend=default_backend("ggml"),
         architecture="starcoder" if starcoder else "gpt2",
         architecture_source="filename" if starcoder else "metadata",
         size_bytes=path.stat().st_size,
@@ -373,7 +374,7 @@ def _inspect_safetensors_file(path: Path) -> ModelInfo:
     info = ModelInfo(
         path=str(path),
         format="safetensors",
-        backend=DEFAULT_BACKEND["safetensors"],
+        backend=default_backend("safetensors"),
         architecture=guess_architecture(path.name),
         architecture_source="filename",
         size_bytes=path.stat().st_size,
@@ -417,7 +418,7 @@ def _inspect_folder(folder: Path) -> ModelInfo:
     info = ModelInfo(
         path=str(folder),
         format="hf-folder",
-        backend=DEFAULT_BACKEND["hf-folder"],
+        backend=default_backend("hf-folder"),
         architecture=model_type
         if isinstance(model_type, str) and model_type
         else guess_architecture(folder.name),

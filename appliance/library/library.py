@@ -2,6 +2,13 @@
 
 It knows what is on disk and never loads a model. Every change goes through a registry
 transaction, so the CLI, the app and the watcher can work on the same folder at once.
+Entries are frozen appliance.model_entry.ModelEntry values; every method that adds or
+re-reads a model returns an Outcome saying what happened (added, moved, restored,
+updated, damaged, missing, unchanged, or hidden), so callers report it without working
+it out again.
+
+Which files are candidates, and when a copy has finished, is decided in
+appliance.library.dropins, for the scan here and the drop-in watcher alike.
 
 Removing a model without deleting its files hides it: scans and the watcher skip a file
 that matches a hidden entry (same path and size, and same mtime or sha256) until the
@@ -14,67 +21,56 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from appliance import sampling
-from appliance.errors import ImportRefused, ModelFileError, UnknownModel
+from appliance import capabilities, sampling
+from appliance.errors import ImportRefused, ModelFileError, RegistryCorrupt, UnknownModel
 from appliance.fsutil import sweep_stale_temps
+from appliance.library.dropins import (
+    Signature,
+    copy_finished,
+    find_candidates,
+    signature,
+)
 from appliance.library.hashing import Hasher, sha256_path
 from appliance.library.inspect import inspect_model
-from appliance.library.model_info import BACKENDS, ModelInfo
-from appliance.library.registry import Registry, RegistryData, now_iso
+from appliance.library.model_info import ModelInfo
+from appliance.library.registry import HiddenRecord, Registry, RegistryData, now_iso
+from appliance.model_entry import ModelEntry, ModelMetadata
 from appliance.paths import Paths, current
 
-PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".aria2", "~")
-DROP_IN_SUFFIXES = (".gguf", ".bin")
-MAX_DEPTH = 3
-# Which backends can load which formats.
-COMPATIBLE = {
-    "gguf": ("llama.cpp", "ctransformers"),
-    "ggml": ("ctransformers",),
-    "hf-folder": ("transformers",),
-    "safetensors": (),
-    "openai": ("openai",),
-}
+
+class Change(StrEnum):
+    """What bringing a model's files into the library did to its entry."""
+
+    ADDED = "added"
+    MOVED = "moved"  # a missing entry's files found at a new path
+    RESTORED = "restored"  # a missing entry's files are back at its path
+    UPDATED = "updated"  # its files changed and were read again
+    DAMAGED = "damaged"  # its files changed and no longer read as a model
+    MISSING = "missing"  # its files are gone
+    UNCHANGED = "unchanged"
+    HIDDEN = "hidden"  # a removed model's files: not added again
 
 
-def is_ignored_name(name: str) -> bool:
-    """Hidden files and partial-download names are never models."""
-    lower = name.lower()
-    return name.startswith(".") or lower.endswith(PARTIAL_SUFFIXES) or ".corrupt-" in lower
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    entry: ModelEntry
+
+
+Heard = Callable[[Path, Outcome], None]  # told each outcome of a scan, with its path
 
 
 def problem_text(name: str, message: str) -> str:
     """An inspection error without its leading "<file name>: " (the caller shows the path)."""
     prefix = f"{name}: "
     return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def signature(path: Path) -> tuple[int, int, int] | None:
-    """(file count, total size, newest mtime) of a file or folder; None if it is gone."""
-    try:
-        if path.is_dir():
-            stats = [p.stat() for p in path.rglob("*") if p.is_file()]
-            return (
-                len(stats),
-                sum(s.st_size for s in stats),
-                max((s.st_mtime_ns for s in stats), default=0),
-            )
-        stat = path.stat()
-        return (1, stat.st_size, stat.st_mtime_ns)
-    except FileNotFoundError:
-        return None
-
-
-def disk_size(path: Path) -> int:
-    """Bytes of a file, or of every file in a folder (as inspection counts them)."""
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 @dataclass
@@ -85,7 +81,7 @@ class ScanReport:
     moved: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)
-    hidden: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)  # paths, relative to models/
     rejected: dict[str, str] = field(default_factory=dict)
     busy: list[Path] = field(default_factory=list)
 
@@ -93,6 +89,16 @@ class ScanReport:
         """Whether the scan found anything to report."""
         return any((self.added, self.missing, self.restored, self.moved, self.updated,
                     self.damaged, self.hidden, self.rejected))  # fmt: skip
+
+    def record(self, outcome: Outcome, where: str) -> None:
+        """File one outcome under its change (where: its path, for hidden models)."""
+        change, entry = outcome.change, outcome.entry
+        if change is Change.DAMAGED:
+            self.damaged[entry.id] = entry.problem or ""
+        elif change is Change.HIDDEN:
+            self.hidden.append(where)
+        elif change is not Change.UNCHANGED:
+            getattr(self, change.value).append(entry.id)
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class DropInProblem:
 class HiddenModel:
     """A model removed from the library whose files were kept."""
 
-    entry: dict[str, Any]
+    entry: ModelEntry
     hidden_at: str
     on_disk: str  # "unchanged", "changed" or "missing"
 
@@ -119,24 +125,20 @@ class Library:
         self.paths = (paths or current()).ensure()
         self.registry = Registry(self.paths.registry)
         self.hasher = Hasher(self._hash_entry)
-        self._problems: dict[Path, tuple[tuple | None, str | None]] = {}
+        self._problems: dict[Path, tuple[Signature | None, str | None]] = {}
         self._problems_lock = threading.Lock()
         sweep_stale_temps(self.paths.models)
 
     # -- reading -----------------------------------------------------------------
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[ModelEntry]:
         return self.registry.entries()
 
-    def get(self, model_id: str) -> dict[str, Any]:
+    def get(self, model_id: str) -> ModelEntry:
         return self.registry.load().get(model_id)
 
-    @staticmethod
-    def is_remote(entry: dict[str, Any]) -> bool:
-        return entry["format"] == "openai"
-
-    def resolve(self, entry: dict[str, Any]) -> Path:
-        path = Path(entry["path"])
-        return path if entry["external"] else self.paths.models / path
+    def resolve(self, entry: ModelEntry) -> Path:
+        path = Path(entry.path)
+        return path if entry.external else self.paths.models / path
 
     def relative(self, path: Path) -> str | None:
         """path relative to models/ (as stored), or None when it lies outside."""
@@ -145,10 +147,6 @@ class Library:
             return Path(os.path.abspath(path)).relative_to(models).as_posix()
         except ValueError:
             return None
-
-    def entry_at(self, path: Path) -> dict[str, Any] | None:
-        """The registered entry whose files are at path, if any."""
-        return self.registry.load().find_by_path(self._key(path))
 
     def _key(self, path: Path) -> str:
         """path as the registry stores it: relative inside models/, else absolute."""
@@ -159,34 +157,36 @@ class Library:
     def hidden(self) -> list[HiddenModel]:
         """Models removed with their files kept, and whether those files are still there."""
         return [
-            HiddenModel(dict(r["entry"]), r["hidden_at"], self._on_disk(r["entry"]))
+            HiddenModel(r.entry, r.hidden_at, self._on_disk(r.entry))
             for r in self.registry.load().hidden
         ]
 
-    def _on_disk(self, entry: dict[str, Any]) -> str:
-        path = self.resolve(entry)
-        if not path.exists():
+    def _on_disk(self, entry: ModelEntry) -> str:
+        sig = signature(self.resolve(entry))
+        if sig is None:
             return "missing"
-        same = (disk_size(path), _mtime(path)) == (entry["size_bytes"], entry.get("mtime"))
-        return "unchanged" if same else "changed"
+        return (
+            "unchanged"
+            if (sig.size, sig.mtime_ns) == (entry.size_bytes, entry.mtime)
+            else "changed"
+        )
 
-    def hidden_match(self, path: Path) -> dict[str, Any] | None:
+    def hidden_match(self, path: Path, data: RegistryData | None = None) -> ModelEntry | None:
         """The hidden entry that path still is (same path and size, same mtime or sha256).
 
         A different file dropped at the same path is not a match: it is a new model.
+        data: the registry as already read, if the caller has it.
         """
         key = self._key(path)
-        for record in self.registry.load().hidden:
-            entry = record["entry"]
-            if entry["path"] != key or not path.exists():
+        sig = signature(path)
+        for record in (data or self.registry.load()).hidden:
+            entry = record.entry
+            if entry.path != key or sig is None or sig.size != entry.size_bytes:
                 continue
-            if disk_size(path) != entry["size_bytes"]:
-                continue
-            mtime = _mtime(path)
-            if entry.get("mtime") == mtime:
+            if entry.mtime == sig.mtime_ns:
                 return entry
-            if entry["sha256"] and sha256_path(path) == entry["sha256"]:
-                self._remember_hidden_mtime(entry["id"], mtime)
+            if entry.sha256 and sha256_path(path) == entry.sha256:
+                self._remember_hidden_mtime(entry.id, sig.mtime_ns)
                 return entry
         return None
 
@@ -195,9 +195,9 @@ class Library:
         with self.registry.transaction() as data:
             record = data.find_hidden(model_id)
             if record is not None:
-                record["entry"]["mtime"] = mtime
+                _store_hidden(data, record, replace(record.entry, mtime=mtime))
 
-    def unhide(self, model_id: str) -> dict[str, Any]:
+    def unhide(self, model_id: str) -> ModelEntry:
         """Put a hidden model back in the library, with its id, name and defaults."""
         with self.registry.transaction() as data:
             record = data.find_hidden(model_id)
@@ -206,89 +206,87 @@ class Library:
                     f"No hidden model with id {model_id!r}. Run `appliance models hidden` to "
                     "see the hidden ones."
                 )
-            entry = record["entry"]
-            other = data.find_by_path(entry["path"])
+            entry = record.entry
+            other = data.find_by_path(entry.path)
             if other is not None:
                 raise ImportRefused(
-                    f"{entry['path']} now holds another model, {other['name']} (id "
-                    f"{other['id']}), added after {model_id} was hidden, so {model_id}'s own "
-                    "file is no longer there. Nothing was changed."
+                    f"{entry.path} now holds another model, {other.name} (id {other.id}), "
+                    f"added after {model_id} was hidden, so {model_id}'s own file is no "
+                    "longer there. Nothing was changed."
                 )
             data.hidden.remove(record)
             data.models[model_id] = entry
-        entry, _ = self.recheck(model_id)
-        if entry["sha256"] is None and entry["status"] == "present":
+        entry = self._recheck(entry).entry
+        if entry.sha256 is None and entry.status == "present":
             self.hasher.submit(model_id)
         return entry
 
     # -- stale entries ---------------------------------------------------------------------
-    def recheck(self, model_id: str) -> tuple[dict[str, Any], str | None]:
+    def recheck(self, model_id: str) -> Outcome:
         """Compare an entry with its files; re-read them if their size or mtime changed.
 
-        Returns the entry and what changed: None, "missing", "restored", "updated" or
-        "damaged" (the entry's "problem" then says why).
+        The change is MISSING, RESTORED, UPDATED, DAMAGED (the entry's `problem` then says
+        why) or UNCHANGED.
         """
-        entry = self.get(model_id)
-        if self.is_remote(entry):
-            return entry, None
+        return self._recheck(self.get(model_id))
+
+    def _recheck(self, entry: ModelEntry) -> Outcome:
+        if entry.is_remote:
+            return Outcome(Change.UNCHANGED, entry)
         path = self.resolve(entry)
-        if not path.exists():
-            if entry["status"] == "missing":
-                return entry, None
-            return self._set_fields(model_id, status="missing", problem=None), "missing"
-        size, mtime = disk_size(path), _mtime(path)
-        same = (size, mtime) == (entry["size_bytes"], entry.get("mtime"))
-        if same and entry["status"] != "missing":
-            return entry, None
+        sig = signature(path)
+        if sig is None:
+            if entry.status == "missing":
+                return Outcome(Change.UNCHANGED, entry)
+            missing = self._set_fields(entry.id, status="missing", problem=None)
+            return Outcome(Change.MISSING, missing)
+        same = (sig.size, sig.mtime_ns) == (entry.size_bytes, entry.mtime)
+        if same and entry.status != "missing":
+            return Outcome(Change.UNCHANGED, entry)
         try:
             info = inspect_model(path)
         except (ModelFileError, OSError) as exc:
             damaged = self._set_fields(
-                model_id, status="damaged", problem=problem_text(path.name, str(exc)),
-                size_bytes=size, mtime=mtime, sha256=None,
+                entry.id, status="damaged", problem=problem_text(path.name, str(exc)),
+                size_bytes=sig.size, mtime=sig.mtime_ns, sha256=None,
             )  # fmt: skip
-            return damaged, "damaged"
-        was_missing = entry["status"] == "missing"
-        entry = self.register(path, info=info, external=entry["external"])
-        return entry, "restored" if was_missing else "updated"
+            return Outcome(Change.DAMAGED, damaged)
+        return self.register(path, info=info, external=entry.external)
 
-    def _set_fields(self, model_id: str, **values: Any) -> dict[str, Any]:
-        """Set fields of one entry (a None "problem" removes it); return the entry."""
+    def _set_fields(self, model_id: str, **values: Any) -> ModelEntry:
+        """Set fields of one entry; return the entry."""
         with self.registry.transaction() as data:
-            entry = data.get(model_id)
-            entry.update(values)
-            if entry.get("problem") is None:
-                entry.pop("problem", None)
-            return dict(entry)
+            entry = data.models[model_id] = replace(data.get(model_id), **values)
+            return entry
 
-    def refresh(self, settle_s: float = 0.0) -> ScanReport:
+    def refresh(self, settle_s: float = 0.0, on_outcome: Heard | None = None) -> ScanReport:
         """Recheck every entry against its files (see recheck); report what changed.
 
-        An entry whose files changed less than settle_s ago is left alone and listed in
-        `busy`: it may still be being written.
+        An entry whose copy may not have finished (dropins.copy_finished) is left alone
+        and listed in `busy`. on_outcome hears each entry's outcome, with its path.
         """
         report = ScanReport()
         for entry in self.entries():
-            if self.is_remote(entry):
+            if entry.is_remote:
                 continue
             path = self.resolve(entry)
-            if settle_s and path.exists() and time.time() - _mtime(path) / 1e9 < settle_s:
+            sig = signature(path)
+            if sig is not None and not copy_finished(sig, settle_s):
                 report.busy.append(path)
                 continue
-            entry, change = self.recheck(entry["id"])
-            if change == "damaged":
-                report.damaged[entry["id"]] = entry["problem"]
-            elif change is not None:
-                getattr(report, change).append(entry["id"])
+            outcome = self._recheck(entry)
+            report.record(outcome, entry.path)
+            if on_outcome is not None:
+                on_outcome(path, outcome)
         return report
 
     # -- drop-ins that cannot be used ---------------------------------------------------
     def rejected_drop_ins(self, settle_s: float = 2.0) -> list[DropInProblem]:
         """Candidates in models/ that are not registered because they do not read as models.
 
-        Hidden models read fine and are not listed here. A file changed less than
-        settle_s ago may still be copying and is left out. Results are kept per file
-        until its size or mtime changes.
+        Hidden models read fine and are not listed here. A file whose copy may not have
+        finished (see dropins.copy_finished) is left out. Results are kept per file until
+        its signature changes.
         """
         registered = {self.resolve(e) for e in self.entries()}
         found: list[DropInProblem] = []
@@ -296,14 +294,14 @@ class Library:
             if candidate in registered:
                 continue
             sig = signature(candidate)
-            if sig is None or time.time() - sig[2] / 1e9 < settle_s:
+            if sig is None or not copy_finished(sig, settle_s):
                 continue
             reason = self._problem_of(candidate, sig)
             if reason is not None:
                 found.append(DropInProblem(self.relative(candidate) or str(candidate), reason))
         return found
 
-    def _problem_of(self, candidate: Path, sig: tuple) -> str | None:
+    def _problem_of(self, candidate: Path, sig: Signature) -> str | None:
         """Why candidate cannot be read as a model (None if it can); cached by signature."""
         with self._problems_lock:
             cached = self._problems.get(candidate)
@@ -329,52 +327,67 @@ class Library:
         external: bool = False,
         sha256: str | None = None,
         info: ModelInfo | None = None,
-    ) -> dict[str, Any]:
-        """Add the model at path, or refresh its entry if the path is registered already."""
+    ) -> Outcome:
+        """Add the model at path, or read again the entry registered there.
+
+        The change is ADDED, MOVED (a missing entry's file turned up here: same size and
+        mtime, or same name and size), RESTORED, UPDATED or UNCHANGED.
+        """
         path = Path(os.path.abspath(path))
         info = info or inspect_model(path)
         stored = self._stored_path(path, external)
-        backend_choice = backend
-        backend = self.check_backend(info, backend)
+        chosen = self.check_backend(info, backend)
         mtime = _mtime(path)
+        read = dict(
+            path=stored, external=external, format=info.format, backend=chosen,
+            architecture=info.architecture, architecture_source=info.architecture_source,
+            size_bytes=info.size_bytes, mtime=mtime, status="present", problem=None,
+            metadata=info.metadata(),
+        )  # fmt: skip
         with self.registry.transaction() as data:
-            entry = data.find_by_path(stored) or _moved_entry(data, path, info, mtime)
-            if entry is None:
-                entry = {
-                    "id": data.new_id(name or _default_name(path)),
-                    "name": name or _default_name(path),
-                    "added_at": now_iso(),
-                    "defaults": sampling.defaults(),
-                    "sha256": None,
-                }
-                data.models[entry["id"]] = entry
-            elif name:
-                entry["name"] = name
-            changed = (entry.get("size_bytes"), entry.get("mtime")) != (info.size_bytes, mtime)
-            user_arch = entry.get("architecture_source") == "user"
-            kept = {"architecture": entry["architecture"]} if user_arch else {}
-            kept |= {"architecture_source": "user"} if user_arch else {}
-            if backend_choice is None and entry.get("backend") in COMPATIBLE[info.format]:
-                backend = entry["backend"]
-            entry.update(_entry_fields(info, stored, external, backend, mtime))
-            entry.pop("problem", None)
-            entry.update(kept)
+            old, change = data.find_by_path(stored), Change.UPDATED
+            if old is None:
+                old, change = _moved_entry(data, path, info, mtime), Change.MOVED
+            elif old.status == "missing":
+                change = Change.RESTORED
+            if old is None:
+                label = name or _default_name(path)
+                entry = ModelEntry(id=data.new_id(label), name=label, added_at=now_iso(),
+                                   sha256=sha256, **read)  # fmt: skip
+                change = Change.ADDED
+            else:
+                entry = _reread(old, read, name, backend, sha256)
             if architecture:
-                entry.update(architecture=architecture, architecture_source="user")
-            if sha256:
-                entry["sha256"] = sha256
-            elif changed:
-                entry["sha256"] = None
-            result = dict(entry)
-        if result["sha256"] is None:
-            self.hasher.submit(result["id"])
-        return result
+                entry = replace(entry, architecture=architecture, architecture_source="user")
+            if change is Change.UPDATED and entry == old:
+                change = Change.UNCHANGED
+            data.models[entry.id] = entry
+        if entry.sha256 is None:
+            self.hasher.submit(entry.id)
+        return Outcome(change, entry)
 
-    def add_remote(self, base_url: str, model: str, name: str | None = None) -> dict[str, Any]:
+    def take_in(self, candidate: Path) -> Outcome:
+        """Bring a candidate in models/ whose copy has finished into the library: read it
+        again if it is registered, skip it if it is a hidden model, else register it.
+
+        Raises what inspection raises for a new candidate (TruncatedModelFile: the copy
+        is incomplete); a registered one that no longer reads comes back DAMAGED.
+        """
+        data = self.registry.load()
+        entry = data.find_by_path(self._key(candidate))
+        if entry is not None:
+            return self._recheck(entry)
+        hidden = self.hidden_match(candidate, data)
+        if hidden is not None:
+            return Outcome(Change.HIDDEN, hidden)
+        return self.register(candidate)
+
+    def add_remote(self, base_url: str, model: str, name: str | None = None) -> ModelEntry:
         """Register a model served by an OpenAI-compatible server (base URL + model name).
 
-        The API key is not stored here: the caller keeps it in the vault. Adding the same
-        server and model again returns the existing entry (renamed if a name is given).
+        The API key is not stored here: the caller keeps it in the vault, under the
+        entry's `secret_name`. Adding the same server and model again returns the
+        existing entry (renamed if a name is given).
         """
         url = normalize_base_url(base_url)
         model = model.strip()
@@ -383,40 +396,36 @@ class Library:
         label = (name or model).strip()
         with self.registry.transaction() as data:
             for entry in data.models.values():
-                if entry["path"] == url and entry["metadata"].get("model_name") == model:
+                if entry.path == url and entry.metadata.model_name == model:
                     if name:
-                        entry["name"] = label
-                    return dict(entry)
-            entry = {
-                "id": data.new_id(label), "name": label, "path": url, "external": True,
-                "format": "openai", "backend": "openai", "architecture": "remote",
-                "architecture_source": "user", "size_bytes": 0, "mtime": None,
-                "sha256": None, "added_at": now_iso(), "status": "present",
-                "metadata": {"model_name": model, "notes": [f"served by {url}"]},
-                "defaults": sampling.defaults(),
-            }  # fmt: skip
-            data.models[entry["id"]] = entry
-            return dict(entry)
+                        entry = data.models[entry.id] = replace(entry, name=label)
+                    return entry
+            entry = ModelEntry(
+                id=data.new_id(label), name=label, path=url, external=True, format="openai",
+                backend="openai", architecture="remote", architecture_source="user",
+                size_bytes=0, mtime=None, sha256=None, added_at=now_iso(), status="present",
+                metadata=ModelMetadata(model_name=model, notes=(f"served by {url}",)),
+            )  # fmt: skip
+            data.models[entry.id] = entry
+            return entry
 
-    def rename(self, model_id: str, name: str) -> dict[str, Any]:
+    def rename(self, model_id: str, name: str) -> ModelEntry:
         name = name.strip()
         if not 0 < len(name) <= 200:
             raise ImportRefused("A model name must have 1 to 200 characters.")
-        with self.registry.transaction() as data:
-            entry = data.get(model_id)
-            entry["name"] = name
-            return dict(entry)
+        return self._set_fields(model_id, name=name)
 
-    def set_defaults(self, model_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    def set_defaults(self, model_id: str, values: dict[str, Any]) -> ModelEntry:
         with self.registry.transaction() as data:
             entry = data.get(model_id)
             try:
-                entry["defaults"] = sampling.validate({**entry["defaults"], **values})
+                defaults = sampling.validate({**entry.defaults, **values})
             except ValueError as exc:
                 raise ImportRefused(f"Invalid setting: {exc}.") from None
-            return dict(entry)
+            entry = data.models[model_id] = replace(entry, defaults=defaults)
+            return entry
 
-    def remove(self, model_id: str, delete_files: bool = False) -> dict[str, Any]:
+    def remove(self, model_id: str, delete_files: bool = False) -> ModelEntry:
         """Take the model out of the library.
 
         Weights are deleted only with delete_files, and only in models/. Without it the
@@ -425,17 +434,17 @@ class Library:
         """
         with self.registry.transaction() as data:
             entry = data.get(model_id)
-            if delete_files and entry["external"]:
+            if delete_files and entry.external:
                 raise ImportRefused(
-                    f"{entry['path']} is outside models/ (registered in place); this app never "
+                    f"{entry.path} is outside models/ (registered in place); this app never "
                     "deletes files there. Remove the entry without --delete-files and delete "
                     "the files yourself if you mean to."
                 )
             del data.models[model_id]
-            hide = not delete_files and not self.is_remote(entry)
+            hide = not delete_files and not entry.is_remote
             if hide:
-                data.hidden.append({"hidden_at": now_iso(), "entry": entry})
-        if hide and entry["sha256"] is None:
+                data.hidden.append(HiddenRecord(now_iso(), entry))
+        if hide and entry.sha256 is None:
             self.hasher.submit(model_id)
         target = self.resolve(entry)
         if delete_files and (target.exists() or target.is_symlink()):
@@ -450,17 +459,17 @@ class Library:
         prefix = self.relative(path)
         changed: list[str] = []
         with self.registry.transaction() as data:
-            for entry in data.models.values():
-                stored = entry["path"]
+            for entry in list(data.models.values()):
+                stored = entry.path
                 inside = (
                     prefix is not None
-                    and not entry["external"]
+                    and not entry.external
                     and (stored == prefix or stored.startswith(prefix + "/"))
                 )
                 gone = (inside or stored == str(path)) and not self.resolve(entry).exists()
-                if gone and entry["status"] != "missing":
-                    entry["status"] = "missing"
-                    changed.append(entry["id"])
+                if gone and entry.status != "missing":
+                    data.models[entry.id] = replace(entry, status="missing")
+                    changed.append(entry.id)
         return changed
 
     def mark_moved(self, src: Path, dst: Path) -> list[str]:
@@ -470,78 +479,53 @@ class Library:
             return []
         moved: list[str] = []
         with self.registry.transaction() as data:
-            for entry in data.models.values():
-                if entry["external"]:
+            for entry in list(data.models.values()):
+                stored = entry.path
+                if entry.external or not (stored == old or stored.startswith(old + "/")):
                     continue
-                stored = entry["path"]
-                if stored == old or stored.startswith(old + "/"):
-                    entry["path"] = new + stored[len(old) :]
-                    entry["status"] = "present" if self.resolve(entry).exists() else "missing"
-                    moved.append(entry["id"])
+                entry = replace(entry, path=new + stored[len(old) :])
+                status = "present" if self.resolve(entry).exists() else "missing"
+                data.models[entry.id] = replace(entry, status=status)
+                moved.append(entry.id)
         return moved
 
     # -- scanning --------------------------------------------------------------------
     def candidates(self, under: Path | None = None) -> list[Path]:
         """Model files (.gguf, .bin) and Hugging Face folders found under models/."""
-        found: list[Path] = []
-        start = under or self.paths.models
-        if start.is_dir() and (start / "config.json").is_file() and start != self.paths.models:
-            return [start]
-        self._walk(start, 0, found)
-        return found
+        return find_candidates(self.paths.models, under)
 
-    def _walk(self, folder: Path, depth: int, found: list[Path]) -> None:
-        try:
-            children = sorted(folder.iterdir())
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for child in children:
-            if is_ignored_name(child.name) or child.is_symlink():
-                continue
-            if child.is_dir():
-                if (child / "config.json").is_file():
-                    found.append(child)
-                elif depth < MAX_DEPTH:
-                    self._walk(child, depth + 1, found)
-            elif child.suffix.lower() in DROP_IN_SUFFIXES:
-                found.append(child)
-
-    def scan(self, settle_s: float = 0.0) -> ScanReport:
+    def scan(self, settle_s: float = 0.0, on_outcome: Heard | None = None) -> ScanReport:
         """Bring the registry in line with models/: register new, mark missing, restore,
-        re-read changed files; hidden models are skipped."""
+        re-read changed files; hidden models are skipped. on_outcome hears the outcome of
+        each registered model and each new candidate, with its path."""
         self.registry.ensure()
-        report = self.refresh(settle_s)
+        report = self.refresh(settle_s, on_outcome)
         registered = {self.resolve(e) for e in self.entries()}
         for candidate in self.candidates():
             if candidate in registered:
                 continue
-            if settle_s and time.time() - _mtime(candidate) / 1e9 < settle_s:
+            sig = signature(candidate)
+            if sig is None:
+                continue
+            if not copy_finished(sig, settle_s):
                 report.busy.append(candidate)
                 continue
-            if self.hidden_match(candidate) is not None:
-                report.hidden.append(self.relative(candidate) or str(candidate))
+            rel = self.relative(candidate) or str(candidate)
+            try:
+                outcome = self.take_in(candidate)
+            except RegistryCorrupt:
+                raise
+            except Exception as exc:  # whatever inspection raises: the file is not usable
+                report.rejected[rel] = problem_text(candidate.name, str(exc))
                 continue
-            self._scan_new(candidate, report)
+            report.record(outcome, rel)
+            if on_outcome is not None:
+                on_outcome(candidate, outcome)
         data = self.registry.load()
-        for entry in [*data.models.values(), *(r["entry"] for r in data.hidden)]:
-            if (
-                entry["sha256"] is None
-                and entry["status"] == "present"
-                and not self.is_remote(entry)
-            ):
-                self.hasher.submit(entry["id"])
+        for entry in [*data.models.values(), *(r.entry for r in data.hidden)]:
+            if entry.sha256 is None and entry.status == "present" and not entry.is_remote:
+                self.hasher.submit(entry.id)
         return report
-
-    def _scan_new(self, candidate: Path, report: ScanReport) -> None:
-        rel = self.relative(candidate) or str(candidate)
-        try:
-            info = inspect_model(candidate)
-        except Exception as exc:
-            report.rejected[rel] = problem_text(candidate.name, str(exc))
-            return
-        missing = {e["id"] for e in self.entries() if e["status"] == "missing"}
-        entry = self.register(candidate, info=info)
-        (report.moved if entry["id"] in missing else report.added).append(entry["id"])
 
     # -- internals ---------------------------------------------------------------------
     def _stored_path(self, path: Path, external: bool) -> str:
@@ -557,22 +541,20 @@ class Library:
 
     def check_backend(self, info: ModelInfo, backend: str | None) -> str:
         """The backend to use for info: the chosen one if it can load the format."""
-        allowed = COMPATIBLE[info.format]
-        if not allowed:
-            raise ImportRefused(
-                f"{Path(info.path).name}: a single .safetensors file has no config.json or "
-                "tokenizer. Import the whole Hugging Face folder instead."
-            )
+        fmt = capabilities.FORMATS[info.format]
+        if not fmt.backends:
+            raise ImportRefused(f"{Path(info.path).name}: {fmt.refusal}")
         if backend is None:
             return info.backend
-        if backend not in BACKENDS:
+        if backend not in capabilities.BACKENDS:
             raise ImportRefused(
-                f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}."
+                f"Unknown backend {backend!r}; choose one of "
+                f"{', '.join(capabilities.BACKEND_NAMES)}."
             )
-        if backend not in allowed:
+        if backend not in fmt.backends:
             raise ImportRefused(
                 f"The {backend} backend cannot load {info.format} models; use "
-                f"{' or '.join(allowed)}."
+                f"{' or '.join(fmt.backends)}."
             )
         return backend
 
@@ -583,25 +565,33 @@ class Library:
         if entry is None:
             return
         path = self.resolve(entry)
-        if entry["sha256"] or entry["status"] != "present" or not path.exists():
+        if entry.sha256 or entry.status != "present" or not path.exists():
             return
         mtime = _mtime(path)
-        if entry["mtime"] != mtime:
+        if entry.mtime != mtime:
             return  # changed since it was read: recheck reads it again first
         digest = sha256_path(path)
         with self.registry.transaction() as data:
             now = _active_or_hidden(data, model_id)
-            same_file = now is not None and now["path"] == entry["path"] and now["mtime"] == mtime
-            if same_file and now["status"] == "present" and _mtime(path) == mtime:
-                now["sha256"] = digest
+            same_file = now is not None and now.path == entry.path and now.mtime == mtime
+            if same_file and now.status == "present" and _mtime(path) == mtime:
+                hashed = replace(now, sha256=digest)
+                if model_id in data.models:
+                    data.models[model_id] = hashed
+                else:
+                    _store_hidden(data, data.find_hidden(model_id), hashed)
 
 
-def _active_or_hidden(data: RegistryData, model_id: str) -> dict[str, Any] | None:
+def _active_or_hidden(data: RegistryData, model_id: str) -> ModelEntry | None:
     """The entry of model_id, in the library or hidden (None if neither)."""
     if model_id in data.models:
         return data.models[model_id]
     record = data.find_hidden(model_id)
-    return record["entry"] if record else None
+    return record.entry if record else None
+
+
+def _store_hidden(data: RegistryData, record: HiddenRecord, entry: ModelEntry) -> None:
+    data.hidden[data.hidden.index(record)] = HiddenRecord(record.hidden_at, entry)
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -616,15 +606,31 @@ def normalize_base_url(base_url: str) -> str:
     return url if parts.path.endswith("/v1") else url + "/v1"
 
 
-def _moved_entry(data, path: Path, info: ModelInfo, mtime: int) -> dict[str, Any] | None:
+def _moved_entry(data: RegistryData, path: Path, info: ModelInfo, mtime: int) -> ModelEntry | None:
     """A missing entry that is this file moved or renamed: same size and mtime, or
     same file name and size (a move keeps both; a fresh copy gets a new mtime)."""
     for entry in data.models.values():
-        if entry["status"] != "missing" or entry["size_bytes"] != info.size_bytes:
+        if entry.status != "missing" or entry.size_bytes != info.size_bytes:
             continue
-        if entry.get("mtime") == mtime or Path(entry["path"]).name == path.name:
+        if entry.mtime == mtime or Path(entry.path).name == path.name:
             return entry
     return None
+
+
+def _reread(
+    old: ModelEntry, read: dict[str, Any], name: str | None, backend: str | None,
+    sha256: str | None,
+) -> ModelEntry:  # fmt: skip
+    """old with what was read from its files: its name, a backend that still fits, and an
+    architecture the user set are kept; its hash only if size and mtime are the same."""
+    changed = (old.size_bytes, old.mtime) != (read["size_bytes"], read["mtime"])
+    kept: dict[str, Any] = {"name": name or old.name}
+    if backend is None and capabilities.can_load(old.backend, read["format"]):
+        kept["backend"] = old.backend
+    if old.architecture_source == "user":
+        kept |= {"architecture": old.architecture, "architecture_source": "user"}
+    kept["sha256"] = sha256 or (None if changed else old.sha256)
+    return replace(old, **read | kept)
 
 
 def _default_name(path: Path) -> str:
@@ -633,41 +639,7 @@ def _default_name(path: Path) -> str:
 
 def _mtime(path: Path) -> int:
     """Newest modification time (ns) of a file, or of any file in a folder."""
-    if path.is_dir():
-        times = [p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()]
-        return max(times, default=path.stat().st_mtime_ns)
-    return path.stat().st_mtime_ns
-
-
-def _entry_fields(
-    info: ModelInfo, stored: str, external: bool, backend: str, mtime: int
-) -> dict[str, Any]:
-    return {
-        "path": stored,
-        "external": external,
-        "format": info.format,
-        "backend": backend,
-        "architecture": info.architecture,
-        "architecture_source": info.architecture_source,
-        "size_bytes": info.size_bytes,
-        "mtime": mtime,
-        "status": "present",
-        "metadata": {
-            "model_name": info.name,
-            "parameters": info.parameters,
-            "quantization": info.quantization,
-            "dtype": info.dtype,
-            "context_length": info.context_length,
-            "chat_template": info.chat_template,
-            "tokenizer": info.tokenizer,
-            "gguf_version": info.gguf_version,
-            "ggml_variant": info.ggml_variant,
-            "shards": info.shards,
-            "tensor_count": info.tensor_count,
-            "layers": info.layers,
-            "embedding": info.embedding,
-            "heads": info.heads,
-            "kv_heads": info.kv_heads,
-            "notes": info.notes,
-        },
-    }
+    sig = signature(path)
+    if sig is None:
+        raise FileNotFoundError(path)
+    return sig.mtime_ns

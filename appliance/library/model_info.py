@@ -1,19 +1,15 @@
-"""ModelInfo: what the library knows about one model, read from its own header."""
+"""ModelInfo: what inspection reads from one model's own header, before it is registered.
+
+Inspection fills it in step by step; `metadata()` is the part a registry entry keeps
+(appliance.model_entry.ModelMetadata, whose fields these mirror).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-FORMATS = ("gguf", "ggml", "safetensors", "hf-folder", "openai")
-BACKENDS = ("llama.cpp", "ctransformers", "transformers", "openai")
-DEFAULT_BACKEND = {
-    "gguf": "llama.cpp",
-    "ggml": "ctransformers",
-    "safetensors": "transformers",
-    "hf-folder": "transformers",
-    "openai": "openai",
-}
+from appliance.model_entry import ModelMetadata
 
 
 @dataclass
@@ -45,6 +41,11 @@ class ModelInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def metadata(self) -> ModelMetadata:
+        """The header's facts as a registry entry stores them (`name` is `model_name`)."""
+        values = {f.name: getattr(self, f.name, None) for f in fields(ModelMetadata)}
+        return ModelMetadata(**values | {"model_name": self.name, "notes": tuple(self.notes)})
 
 
 def guess_architecture(filename: str) -> str:

@@ -6,6 +6,9 @@ writes the result atomically. A registry that cannot be read is never overwritte
 loading raises RegistryCorrupt naming the problem, and a copy of the bad file is kept
 beside it. `repair()` is the only way to rebuild, and it lists what it could not keep.
 
+Each entry is an appliance.model_entry.ModelEntry: its fields give the keys, their order
+and their validation, and it writes an entry as earlier versions did.
+
 Besides `models`, the document holds `hidden`: entries the user removed while keeping
 their files, each with the date it was hidden, so that scans and the drop-in watcher do
 not add them again. A file without `hidden` (written before it existed) reads as none.
@@ -14,7 +17,6 @@ not add them again. A file without `hidden` (written before it existed) reads as
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import re
@@ -24,21 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance import sampling
 from appliance.errors import RegistryCorrupt, UnknownModel
 from appliance.fsutil import FileLock, atomic_write_bytes, atomic_write_json
-from appliance.library.model_info import BACKENDS, FORMATS
+from appliance.model_entry import ModelEntry
 
 SCHEMA = "offline-llm-switcher/registry"
 VERSION = 1
-STATUSES = ("present", "missing", "damaged")
-METADATA_KEYS = (
-    "model_name", "parameters", "quantization", "dtype", "context_length", "chat_template",
-    "tokenizer", "gguf_version", "ggml_variant", "shards", "tensor_count", "layers",
-    "embedding", "heads", "kv_heads", "notes",
-)  # fmt: skip
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 REPAIR_HINT = (
     "Fix the file by hand, or run `appliance models repair` to rebuild it (entries that "
     "cannot be read are listed, never silently dropped)."
@@ -54,23 +47,34 @@ def slugify(name: str) -> str:
     return (slug or "model")[:80]
 
 
+@dataclass(frozen=True)
+class HiddenRecord:
+    """A model removed from the library with its files kept, and since when."""
+
+    hidden_at: str
+    entry: ModelEntry
+
+
 @dataclass
 class RegistryData:
-    """The registry's entries by id, in insertion order."""
+    """The registry's entries by id, in insertion order, and the hidden models.
 
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    hidden: list[dict[str, Any]] = field(default_factory=list)
+    Entries are frozen: a transaction changes one by storing a new one under its id.
+    """
+
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    hidden: list[HiddenRecord] = field(default_factory=list)
 
     def new_id(self, name: str) -> str:
         """A free id for name; ids of hidden models stay reserved (their history uses them)."""
         base = slugify(name)
-        taken = set(self.models) | {record["entry"]["id"] for record in self.hidden}
+        taken = set(self.models) | {record.entry.id for record in self.hidden}
         candidate, n = base, 2
         while candidate in taken:
             candidate, n = f"{base}-{n}", n + 1
         return candidate
 
-    def get(self, model_id: str) -> dict[str, Any]:
+    def get(self, model_id: str) -> ModelEntry:
         try:
             return self.models[model_id]
         except KeyError:
@@ -78,30 +82,16 @@ class RegistryData:
                 f"No model with id {model_id!r}. Run `appliance models list` to see the ids."
             ) from None
 
-    def find_by_path(self, path: str) -> dict[str, Any] | None:
-        return next((e for e in self.models.values() if e["path"] == path), None)
+    def find_by_path(self, path: str) -> ModelEntry | None:
+        return next((e for e in self.models.values() if e.path == path), None)
 
-    def find_hidden(self, model_id: str) -> dict[str, Any] | None:
-        """The hidden record ({"hidden_at", "entry"}) of model_id, or None."""
-        return next((r for r in self.hidden if r["entry"]["id"] == model_id), None)
+    def find_hidden(self, model_id: str) -> HiddenRecord | None:
+        return next((r for r in self.hidden if r.entry.id == model_id), None)
 
     def to_json(self) -> dict[str, Any]:
-        models = [_ordered(entry) for entry in self.models.values()]
-        hidden = [{"hidden_at": r["hidden_at"], "entry": _ordered(r["entry"])} for r in self.hidden]
+        models = [entry.to_json() for entry in self.models.values()]
+        hidden = [{"hidden_at": r.hidden_at, "entry": r.entry.to_json()} for r in self.hidden]
         return {"schema": SCHEMA, "version": VERSION, "models": models, "hidden": hidden}
-
-
-ENTRY_ORDER = (
-    "id", "name", "path", "external", "format", "backend", "architecture",
-    "architecture_source", "size_bytes", "mtime", "sha256", "added_at", "status", "problem",
-    "metadata", "defaults",
-)  # fmt: skip
-
-
-def _ordered(entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry with its keys in a fixed, readable order (unknown keys last)."""
-    head = {k: entry[k] for k in ENTRY_ORDER if k in entry}
-    return head | {k: v for k, v in entry.items() if k not in head}
 
 
 class Registry:
@@ -131,7 +121,7 @@ class Registry:
             self._fail(raw, f"has {len(problems)} problem(s): " + "; ".join(problems[:5]))
         return data
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self) -> list[ModelEntry]:
         return list(self.load().models.values())
 
     @contextlib.contextmanager
@@ -139,7 +129,7 @@ class Registry:
         """Lock, re-read, let the caller change the data, then write it atomically."""
         with self.lock.hold():
             data = self.load()
-            before = copy.deepcopy((data.models, data.hidden))
+            before = (dict(data.models), list(data.hidden))  # entries are frozen
             yield data
             if (data.models, data.hidden) != before or not self.path.exists():
                 self.save(data)
@@ -206,16 +196,16 @@ def parse(doc: Any) -> tuple[RegistryData, list[str]]:
     if not isinstance(models, list):
         return RegistryData(), [*problems, "'models' is not a list"]
     data = RegistryData()
-    for index, entry in enumerate(models):
+    for index, value in enumerate(models):
         try:
-            clean = validate_entry(entry)
+            entry = ModelEntry.from_json(value)
         except ValueError as exc:
             problems.append(f"models[{index}]: {exc}")
             continue
-        if clean["id"] in data.models:
-            problems.append(f"models[{index}]: the id {clean['id']!r} is used twice")
+        if entry.id in data.models:
+            problems.append(f"models[{index}]: the id {entry.id!r} is used twice")
             continue
-        data.models[clean["id"]] = clean
+        data.models[entry.id] = entry
     _parse_hidden(doc.get("hidden", []), data, problems)
     return data, problems
 
@@ -231,78 +221,11 @@ def _parse_hidden(hidden: Any, data: RegistryData, problems: list[str]) -> None:
             problems.append(f"{where}: expected an object with 'hidden_at' and 'entry'")
             continue
         try:
-            entry = validate_entry(record.get("entry"))
+            entry = ModelEntry.from_json(record.get("entry"))
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue
-        if entry["id"] in data.models or data.find_hidden(entry["id"]):
-            problems.append(f"{where}: the id {entry['id']!r} is used twice")
+        if entry.id in data.models or data.find_hidden(entry.id):
+            problems.append(f"{where}: the id {entry.id!r} is used twice")
             continue
-        data.hidden.append({"hidden_at": record["hidden_at"], "entry": entry})
-
-
-def validate_entry(entry: Any) -> dict[str, Any]:
-    """Check one entry's fields and types; raise ValueError naming the first bad one."""
-    if not isinstance(entry, dict):
-        raise ValueError("the entry is not an object")
-    _require(entry, "id", str, lambda v: bool(_ID_RE.match(v)), "lower-case letters, digits, .-_")
-    label = f"entry {entry['id']!r}"
-    _require(entry, "name", str, lambda v: 0 < len(v) <= 200, "1 to 200 characters", label)
-    _require(entry, "path", str, bool, "a non-empty path", label)
-    _require(entry, "external", bool, None, "true or false", label)
-    _require(entry, "format", str, lambda v: v in FORMATS, f"one of {FORMATS}", label)
-    _require(entry, "backend", str, lambda v: v in BACKENDS, f"one of {BACKENDS}", label)
-    _require(entry, "architecture", str, bool, "a non-empty name", label)
-    _require(entry, "size_bytes", int, lambda v: v >= 0, "a size in bytes", label)
-    _require(entry, "status", str, lambda v: v in STATUSES, f"one of {STATUSES}", label)
-    _require(entry, "added_at", str, bool, "a date", label)
-    problem = entry.get("problem")
-    if entry["status"] == "damaged" and not (isinstance(problem, str) and problem):
-        raise ValueError(f"{label}: a damaged entry needs a 'problem' saying what is wrong")
-    if entry["format"] == "openai" or entry["backend"] == "openai":
-        _check_remote(entry, label)
-    sha = entry.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _SHA_RE.match(sha)):
-        raise ValueError(f"{label}: 'sha256' must be 64 hex digits or null")
-    if not entry["external"] and (
-        Path(entry["path"]).is_absolute() or ".." in Path(entry["path"]).parts
-    ):
-        raise ValueError(f"{label}: 'path' must stay inside models/ unless 'external' is true")
-    metadata = entry.get("metadata", {})
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{label}: 'metadata' must be an object")
-    unknown = set(metadata) - set(METADATA_KEYS)
-    if unknown:
-        raise ValueError(f"{label}: unknown metadata key(s) {sorted(unknown)}")
-    clean = dict(entry)
-    clean["metadata"] = metadata
-    clean["sha256"] = sha
-    clean.setdefault("architecture_source", "metadata")
-    clean["defaults"] = sampling.validate(entry.get("defaults", {}), f"{label}: defaults")
-    return clean
-
-
-def _check_remote(entry: dict[str, Any], label: str) -> None:
-    """A remote entry: format and backend 'openai', an http(s) base URL, a model name."""
-    if (entry["format"], entry["backend"]) != ("openai", "openai"):
-        raise ValueError(f"{label}: remote models need format and backend 'openai'")
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", entry["path"]) or not entry["external"]:
-        raise ValueError(f"{label}: 'path' must be the server's http(s) base URL, external")
-    name = (
-        entry.get("metadata", {}).get("model_name")
-        if isinstance(entry.get("metadata"), dict)
-        else None
-    )
-    if not (isinstance(name, str) and name):
-        raise ValueError(f"{label}: 'metadata.model_name' must name the server's model")
-
-
-def _require(entry: dict, key: str, kind: type, check: Any, expected: str, label: str = "") -> None:
-    value = entry.get(key)
-    where = f"{label}: " if label else ""
-    if key not in entry:
-        raise ValueError(f"{where}'{key}' is missing")
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not ok or (check is not None and not check(value)):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise ValueError(f"{where}'{key}' is {shown}; expected {expected}")
+        data.hidden.append(HiddenRecord(record["hidden_at"], entry))

@@ -2,14 +2,16 @@
 
 watchdog's inotify `Observer` by default; `APPLIANCE_WATCHER=polling` selects
 `PollingObserver` for bind mounts where inotify sees nothing (Docker Desktop, network
-shares). Events only mark a candidate (a model file or a Hugging Face folder) as
-pending; a checker thread registers it once its size and mtime have not changed for
-`settle_s` seconds and its header proves it complete (a half-copied GGUF or
-safetensors file fails the bounds check and stays pending). Partial and hidden names
-are ignored; a deletion marks the entry missing; a move updates its path. A registered
-file that changed is read again (and marked damaged if it no longer reads); a file the
-user removed from the library (hidden) is not added again. Each outcome is reported
-once per version of the file: events on other files do not repeat it.
+shares). Events only mark a candidate (a model file or a Hugging Face folder, as
+appliance.library.dropins defines them for the scan too) as pending; a checker thread
+takes it into the library (Library.take_in) once the copy has finished by the same
+rule as the scan's (dropins.copy_finished: its signature unchanged for `settle_s`
+seconds) and its header proves it complete (a half-copied GGUF or safetensors file
+fails the bounds check and stays pending). A deletion marks the entry missing; a move
+updates its path. A registered file that changed is read again (and marked damaged if
+it no longer reads); a file the user removed from the library (hidden) is not added
+again. Each outcome is reported once per version of the file: events on other files do
+not repeat it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from appliance.errors import ApplianceError, TruncatedModelFile
-from appliance.library.library import (
-    DROP_IN_SUFFIXES,
-    Library,
-    is_ignored_name,
-    problem_text,
+from appliance.library.dropins import (
+    Signature,
+    candidate_of,
+    copy_finished,
+    is_ignored,
     signature,
 )
+from appliance.library.library import Change, Library, Outcome, problem_text
 
 log = logging.getLogger(__name__)
 DEFAULT_SETTLE_S = 1.5
@@ -98,9 +101,9 @@ class DropInWatcher:
         self.polling = polling
         self.events: deque[WatchEvent] = deque(maxlen=200)
         self._on_event = on_event
-        self._pending: dict[Path, tuple[tuple, float]] = {}
+        self._pending: dict[Path, tuple[Signature | None, float]] = {}
         # The signature each candidate had when its outcome was last decided and reported.
-        self._decided: dict[Path, tuple | None] = {}
+        self._decided: dict[Path, Signature | None] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._observer = None
@@ -134,9 +137,9 @@ class DropInWatcher:
     # -- events ------------------------------------------------------------------------
     def touch(self, path: Path) -> None:
         """Something under path changed: mark its candidate pending."""
-        candidate = self._candidate(path)
+        candidate = candidate_of(self.root, path)
         if candidate is None:
-            if path.is_dir() and not self._ignored(path):
+            if path.is_dir() and not is_ignored(self.root, path):
                 for found in self.library.candidates(under=path):
                     self._mark(found)
             return
@@ -144,16 +147,16 @@ class DropInWatcher:
 
     def on_deleted(self, path: Path) -> None:
         self._forget(path)
-        folder = self._folder_candidate(path)
-        if folder is not None and folder != path and folder.exists():
-            self._mark(folder)
+        holder = candidate_of(self.root, path)
+        if holder is not None and holder != path and holder.exists():
+            self._mark(holder)  # a file of a Hugging Face folder
             return
         for model_id in self.library.mark_missing(path):
             self._record("missing", path, f"id {model_id}")
 
     def on_moved(self, src: Path, dst: Path) -> None:
         self._forget(src)
-        moved = self.library.mark_moved(src, dst) if not self._ignored(dst) else []
+        moved = self.library.mark_moved(src, dst) if not is_ignored(self.root, dst) else []
         for model_id in moved:
             self._record("moved", dst, f"id {model_id}, was {self._rel(src)}")
         if not moved:
@@ -162,32 +165,6 @@ class DropInWatcher:
                 self.touch(dst)
 
     # -- internals -----------------------------------------------------------------------
-    def _ignored(self, path: Path) -> bool:
-        try:
-            parts = path.relative_to(self.root).parts
-        except ValueError:
-            return True
-        return any(is_ignored_name(part) for part in parts)
-
-    def _folder_candidate(self, path: Path) -> Path | None:
-        """The Hugging Face folder (one with config.json) that holds path, if any."""
-        for parent in [path, *path.parents]:
-            if parent == self.root or self.root not in parent.parents:
-                return None
-            if (parent / "config.json").is_file():
-                return parent
-        return None
-
-    def _candidate(self, path: Path) -> Path | None:
-        if self._ignored(path) or path.is_symlink():
-            return None
-        folder = self._folder_candidate(path)
-        if folder is not None:
-            return folder
-        if path.suffix.lower() in DROP_IN_SUFFIXES and not path.is_dir():
-            return path
-        return None
-
     def _forget(self, path: Path) -> None:
         """Drop what is pending or decided about path and everything under it."""
         with self._lock:
@@ -219,7 +196,7 @@ class DropInWatcher:
                     with self._lock:
                         self._pending.pop(candidate, None)
 
-    def _check(self, candidate: Path, sig: tuple, since: float) -> None:
+    def _check(self, candidate: Path, sig: Signature | None, since: float) -> None:
         now_sig = signature(candidate)
         if now_sig is None:
             with self._lock:
@@ -229,7 +206,7 @@ class DropInWatcher:
             with self._lock:
                 self._pending[candidate] = (now_sig, time.monotonic())
             return
-        if time.monotonic() - since < self.settle_s:
+        if not copy_finished(now_sig, self.settle_s, quiet_for=time.monotonic() - since):
             return
         with self._lock:
             if self._pending.get(candidate, (None, None))[0] != sig:
@@ -240,61 +217,51 @@ class DropInWatcher:
             self._decided[candidate] = sig
 
     def _decide(self, candidate: Path) -> None:
-        """Register, re-read, skip (hidden) or reject a candidate whose copy has settled."""
-        entry = self.library.entry_at(candidate)
-        if entry is not None:
-            self._recheck(candidate, entry["id"])
-            return
-        hidden = self.library.hidden_match(candidate)
-        if hidden is not None:
-            self._record("hidden", candidate, _hidden_detail(hidden["id"]))
-            return
+        """Take in a candidate whose copy has finished, and say what happened."""
         try:
-            missing = {e["id"] for e in self.library.entries() if e["status"] == "missing"}
-            entry = self.library.register(candidate)
+            outcome = self.library.take_in(candidate)
         except TruncatedModelFile as exc:
             why = problem_text(candidate.name, str(exc))
             self._record("waiting", candidate, f"incomplete, not registered yet ({why})")
         except ApplianceError as exc:
             self._record("rejected", candidate, problem_text(candidate.name, str(exc)))
         else:
-            action = "moved" if entry["id"] in missing else "registered"
-            self._record(action, candidate, f"id {entry['id']}, {entry['backend']}")
+            self._report(candidate, outcome)
 
-    def _recheck(self, candidate: Path, model_id: str) -> None:
-        """A registered candidate changed (or was restored): read it again and say so."""
-        entry, change = self.library.recheck(model_id)
-        if change == "damaged":
-            self._record("damaged", candidate, f"id {model_id}: {entry['problem']}")
-        elif change is not None:
-            self._record(change, candidate, f"id {model_id}")
+    def _report(self, candidate: Path, outcome: Outcome) -> None:
+        change, entry = outcome.change, outcome.entry
+        if change is Change.UNCHANGED:
+            return
+        if change is Change.HIDDEN:
+            self._record("hidden", candidate, _hidden_detail(entry.id))
+        elif change is Change.DAMAGED:
+            self._record("damaged", candidate, f"id {entry.id}: {entry.problem}")
+        elif change in (Change.ADDED, Change.MOVED):
+            action = "registered" if change is Change.ADDED else "moved"
+            self._record(action, candidate, f"id {entry.id}, {entry.backend}")
+        else:
+            self._record(change.value, candidate, f"id {entry.id}")
 
     def report_error(self, path: Path, exc: Exception) -> None:
         self._record("error", path, str(exc))
 
     def _initial_scan(self) -> None:
         try:
-            report = self.library.scan(settle_s=self.settle_s)
+            report = self.library.scan(settle_s=self.settle_s, on_outcome=self._scanned)
         except ApplianceError as exc:
             self.report_error(self.root, exc)
             return
-        for action in ("added", "missing", "moved", "restored", "updated"):
-            for model_id in getattr(report, action):
-                entry = self.library.get(model_id)
-                label = "registered" if action == "added" else action
-                self._record(label, self.library.resolve(entry), f"id {model_id}")
-        for model_id, why in report.damaged.items():
-            entry = self.library.get(model_id)
-            self._record("damaged", self.library.resolve(entry), f"id {model_id}: {why}")
-        for rel in report.hidden:
-            entry = self.library.hidden_match(self.root / rel)
-            self._decided_now(self.root / rel)
-            self._record("hidden", self.root / rel, _hidden_detail(entry["id"] if entry else "?"))
         for rel, why in report.rejected.items():
             self._decided_now(self.root / rel)
             self._record("rejected", self.root / rel, why)
         for busy in report.busy:
             self._mark(busy)
+
+    def _scanned(self, path: Path, outcome: Outcome) -> None:
+        """A registered model the scan re-read, or a new candidate it took in."""
+        if outcome.change is Change.HIDDEN:
+            self._decided_now(path)
+        self._report(path, outcome)
 
     def _decided_now(self, candidate: Path) -> None:
         with self._lock:

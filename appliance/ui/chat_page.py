@@ -22,13 +22,14 @@ import streamlit as st
 
 from appliance.engine import EngineBusy
 from appliance.errors import ApplianceError
+from appliance.model_entry import ModelEntry
+from appliance.roles import CHAT_ROLES
 from appliance.sampling import SETTINGS
 from appliance.ui import engine_controls, session
 from appliance.ui.guard import guarded
 from appliance.ui.library_page import setting_inputs
 from appliance.ui.services import services
 
-ROLES = ("user", "assistant")
 NEW = "new"  # the conversation selector's value for a draft not yet stored
 REGENERATE = "chat-regenerate"  # conversation id whose last reply is to be replaced
 FLASH = "chat-flash"
@@ -42,7 +43,7 @@ def render() -> None:
     session.show_unlock_notices()
     svc = services()
     every = svc.library.entries()
-    entries = [e for e in every if e["status"] == "present"]
+    entries = [e for e in every if e.status == "present"]
     if not entries:
         broken = len(every)
         st.info(
@@ -61,8 +62,8 @@ def render() -> None:
     history = unlocked.history
     conv_id = _conversation_bar(history, entry)
     options = _chat_settings(entry, conv_id)
-    prompt = st.chat_input(f"Message {entry['name']}", submit_mode="stop", key="chat-input")
-    log = history.messages(entry["id"], conv_id) if conv_id else None
+    prompt = st.chat_input(f"Message {entry.name}", submit_mode="stop", key="chat-input")
+    log = history.messages(entry.id, conv_id) if conv_id else None
     shown = list(log.messages) if log else []
     regenerate = bool(
         conv_id and st.session_state.pop(REGENERATE, None) == conv_id
@@ -81,9 +82,9 @@ def render() -> None:
     if prompt:
         conv_id = conv_id or _start_conversation(history, entry, prompt)
         conv_id = _keep_recovered(history, entry, conv_id)
-        history.append(entry["id"], conv_id, "user", prompt)
+        history.append(entry.id, conv_id, "user", prompt)
         show_message("user", prompt, {})
-        messages = history.messages(entry["id"], conv_id).messages
+        messages = history.messages(entry.id, conv_id).messages
         _reply(unlocked, entry, conv_id, _as_chat(messages), options, replace=False)
         st.rerun()
     _context_usage(shown)
@@ -93,14 +94,14 @@ def render() -> None:
 
 
 # -- the model ------------------------------------------------------------------------------
-def _model_bar(entries: list[dict[str, Any]], host) -> tuple[dict[str, Any], bool]:
+def _model_bar(entries: list[ModelEntry], host) -> tuple[ModelEntry, bool]:
     """The model selector, with a notice when it has no chat template; (entry, completion)."""
     resident = host.status().model_id
-    ids = [e["id"] for e in entries]
-    by_id = {e["id"]: e for e in entries}
+    ids = [e.id for e in entries]
+    by_id = {e.id: e for e in entries}
     if st.session_state.get("chat-model") not in ids:
         st.session_state["chat-model"] = resident if resident in ids else ids[0]
-    label = {i: f"{e['name']} · {e['backend']}" for i, e in by_id.items()}
+    label = {i: f"{e.name} · {e.backend}" for i, e in by_id.items()}
     left, right = st.columns([3, 2], vertical_alignment="bottom")
     model_id = left.selectbox("Model", ids, key="chat-model", format_func=label.get,
                               persist_state="session")  # fmt: skip
@@ -126,15 +127,15 @@ def _model_bar(entries: list[dict[str, Any]], host) -> tuple[dict[str, Any], boo
     return entry, completion
 
 
-def has_fallback_prompt(entry: dict[str, Any]) -> bool:
+def has_fallback_prompt(entry: ModelEntry) -> bool:
     """True for a local model with no chat template (the engine's plain-transcript fallback)."""
-    return entry["format"] != "openai" and not entry["metadata"].get("chat_template")
+    return not entry.is_remote and not entry.metadata.chat_template
 
 
 # -- conversations ----------------------------------------------------------------------------
-def _conversation_bar(history, entry: dict[str, Any]) -> str | None:
+def _conversation_bar(history, entry: ModelEntry) -> str | None:
     """The conversation bar; returns the open conversation's id (None: a draft)."""
-    model_id = entry["id"]
+    model_id = entry.id
     convs = history.conversations(model_id)
     key = f"conv-{model_id}"
     ids = [c.id for c in convs]
@@ -174,12 +175,12 @@ def _start_draft(key: str) -> None:
     st.session_state[key] = NEW
 
 
-def _start_conversation(history, entry: dict[str, Any], prompt: str) -> str:
+def _start_conversation(history, entry: ModelEntry, prompt: str) -> str:
     """Store the draft as a conversation, titled by its first message; its settings move."""
-    conv_id = history.create(entry["id"], title=_title_from(prompt)).id
+    conv_id = history.create(entry.id, title=_title_from(prompt)).id
     # The selector exists in this run already: it opens conv_id on the next run.
-    st.session_state[f"conv-open-{entry['id']}"] = conv_id
-    draft, kept = _settings_key(entry["id"], None), _settings_key(entry["id"], conv_id)
+    st.session_state[f"conv-open-{entry.id}"] = conv_id
+    draft, kept = _settings_key(entry.id, None), _settings_key(entry.id, conv_id)
     for setting in SETTINGS:
         value = st.session_state.pop(f"{draft}-{setting.name}", None)
         if value is not None:
@@ -187,12 +188,12 @@ def _start_conversation(history, entry: dict[str, Any], prompt: str) -> str:
     return conv_id
 
 
-def _keep_recovered(history, entry: dict[str, Any], conv_id: str) -> str:
+def _keep_recovered(history, entry: ModelEntry, conv_id: str) -> str:
     """The id to write to: a recovered conversation (messages found without their
     header) is kept as a regular one first, since the user is continuing it."""
-    kept = history.adopt(entry["id"], conv_id).id
+    kept = history.adopt(entry.id, conv_id).id
     if kept != conv_id:
-        st.session_state[f"conv-open-{entry['id']}"] = kept
+        st.session_state[f"conv-open-{entry.id}"] = kept
     return kept
 
 
@@ -232,24 +233,24 @@ def _settings_key(model_id: str, conv_id: str | None) -> str:
     return f"chat-{model_id}-{conv_id or NEW}"
 
 
-def _chat_settings(entry: dict[str, Any], conv_id: str | None) -> dict[str, Any]:
+def _chat_settings(entry: ModelEntry, conv_id: str | None) -> dict[str, Any]:
     """System prompt and sampling for this conversation (kept while this session lasts)."""
-    key = _settings_key(entry["id"], conv_id)
+    key = _settings_key(entry.id, conv_id)
     with st.sidebar.expander("Chat settings for this conversation"):
         st.caption(
             "These belong to this conversation and stay while this browser session is "
             "unlocked. They start from the model's defaults; **Save as the model's "
             "defaults** makes them the start of every new conversation with this model."
         )
-        values = setting_inputs(entry["defaults"], key=key, persist=True)
+        values = setting_inputs(entry.defaults, key=key, persist=True)
         cols = st.columns(2)
         if cols[0].button("Save as the model's defaults", key=f"{key}-save"):
             try:
-                services().library.set_defaults(entry["id"], values)
+                services().library.set_defaults(entry.id, values)
             except ApplianceError as exc:
                 st.error(str(exc))
             else:
-                st.toast(f"Saved as the defaults of {entry['name']}.")
+                st.toast(f"Saved as the defaults of {entry.name}.")
         cols[1].button("Reset to the model's defaults", key=f"{key}-reset",
                        on_click=_reset_settings, args=(key,))  # fmt: skip
     return values
@@ -263,7 +264,7 @@ def _reset_settings(key: str) -> None:
 # -- messages -------------------------------------------------------------------------------
 def show_message(role: str, content: str, meta: dict[str, Any]) -> None:
     """One message; model output is Markdown with HTML disabled."""
-    with st.chat_message(role if role in ROLES else "assistant"):
+    with st.chat_message(role if role in CHAT_ROLES else "assistant"):
         st.markdown(content)
         if meta.get("stopped"):
             st.caption("Stopped: the reply was cut short.")
@@ -287,7 +288,7 @@ def _context_usage(messages: list) -> None:
 
 
 def _as_chat(messages: list) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages if m.role in ROLES]
+    return [{"role": m.role, "content": m.content} for m in messages if m.role in CHAT_ROLES]
 
 
 def _title_from(prompt: str) -> str:
@@ -296,7 +297,7 @@ def _title_from(prompt: str) -> str:
 
 
 # -- completion mode -----------------------------------------------------------------------
-def _completion_mode(unlocked, entry: dict[str, Any]) -> None:
+def _completion_mode(unlocked, entry: ModelEntry) -> None:
     """Raw text in, the model's continuation out; kept for this session, not in the history."""
     st.caption(
         "Completion mode: what you send goes to the model exactly as typed, with no chat "
@@ -305,9 +306,9 @@ def _completion_mode(unlocked, entry: dict[str, Any]) -> None:
     )
     options = _chat_settings(entry, "completion")
     done: list[tuple[str, str, dict[str, Any]]] = st.session_state.setdefault(
-        f"completions-{entry['id']}", []
+        f"completions-{entry.id}", []
     )
-    prompt = st.chat_input(f"Text for {entry['name']} to continue", submit_mode="stop",
+    prompt = st.chat_input(f"Text for {entry.name} to continue", submit_mode="stop",
                            key="chat-input")  # fmt: skip
     for text, continuation, meta in done:
         show_message("user", text, {})
@@ -325,16 +326,16 @@ def _reply(unlocked, entry, conv_id: str, messages, options: dict[str, Any], rep
 
     def save(text: str, meta: dict[str, Any]) -> None:
         if replace:
-            unlocked.history.replace_last(entry["id"], conv_id, text, meta)
+            unlocked.history.replace_last(entry.id, conv_id, text, meta)
         else:
-            unlocked.history.append(entry["id"], conv_id, "assistant", text, meta)
+            unlocked.history.append(entry.id, conv_id, "assistant", text, meta)
 
     _stream(unlocked, entry, messages, options, save, raw=False)
 
 
 def _stream(
     unlocked,
-    entry: dict[str, Any],
+    entry: ModelEntry,
     messages: list[dict[str, str]],
     options: dict[str, Any],
     save: Callable[[str, dict[str, Any]], None],
@@ -343,10 +344,10 @@ def _stream(
     """Queue the request, show the queue, stream the text; `save` gets what arrived."""
     svc = services()
     settings = {k: v for k, v in options.items() if k != "system_prompt"}
-    api_key = unlocked.get_secret(f"api-key:{entry['id']}") if entry["format"] == "openai" else None
+    api_key = engine_controls.api_key(entry, unlocked)
     extra = {"raw": True} if raw else {"system_prompt": options["system_prompt"] or None}
     try:
-        generation = svc.host.chat(entry["id"], messages, settings=settings, api_key=api_key,
+        generation = svc.host.chat(entry.id, messages, settings=settings, api_key=api_key,
                                    **extra)  # fmt: skip
     except EngineBusy as exc:
         st.session_state[FLASH] = ("warning", str(exc))
@@ -375,16 +376,16 @@ def _stream(
             stream.close()  # store what arrived now, not when the generator is collected
 
 
-def _wait_for_load(host, entry: dict[str, Any], generation, waiting) -> None:
+def _wait_for_load(host, entry: ModelEntry, generation, waiting) -> None:
     """While the engine loads (or switches to) this model, say so here and in the sidebar."""
     shown = False
     while generation.result is None:
         status = host.status()
-        ready = status.model_id == entry["id"] and status.phase in ("ready", "generating")
+        ready = status.model_id == entry.id and status.phase in ("ready", "generating")
         if ready or status.phase == "error":
             break
         if not shown:
-            waiting.info(f"Loading {entry['name']}…")
+            waiting.info(f"Loading {entry.name}…")
             shown = True
         engine_controls.refresh_panel()
         time.sleep(0.25)

@@ -8,9 +8,11 @@ import streamlit as st
 
 from appliance import settings
 from appliance.errors import ApplianceError
+from appliance.model_entry import ModelEntry
 from appliance.ui import session
 from appliance.ui.guard import guarded
 from appliance.ui.services import services
+from appliance.vault import Unlocked
 
 NOT_LOADABLE = {
     "missing": "The files of this model are missing. Put them back or remove the entry.",
@@ -28,18 +30,18 @@ def load_options() -> dict[str, Any]:
     return {k: values[k] for k in ("n_threads", "n_ctx") if values[k]}
 
 
-def load_buttons(entry: dict[str, Any]) -> None:
+def load_buttons(entry: ModelEntry) -> None:
     host = services().host
     status = host.status()
-    resident = status.model_id == entry["id"] and status.phase in ("ready", "generating")
-    if entry["status"] != "present" and entry["format"] != "openai":
-        st.warning(NOT_LOADABLE.get(entry["status"], NOT_LOADABLE["missing"]))
+    resident = status.model_id == entry.id and status.phase in ("ready", "generating")
+    if entry.status != "present" and not entry.is_remote:
+        st.warning(NOT_LOADABLE.get(entry.status, NOT_LOADABLE["missing"]))
         return
     if resident:
-        st.success(f"{entry['name']} is loaded ({status.backend}, {status.n_threads} threads, "
+        st.success(f"{entry.name} is loaded ({status.backend}, {status.n_threads} threads, "
                    f"context {status.context_length}).")  # fmt: skip
     label = "Reload" if resident else ("Switch to this model" if status.model_id else "Load")
-    key = entry["id"]
+    key = entry.id
     row = st.container(horizontal=True)  # buttons as wide as their labels, never cut
     clicked = row.button(label, type="primary", key=f"load-{key}", width="content")
     unload = resident and row.button("Unload", key=f"unload-{key}", width="content")
@@ -51,21 +53,25 @@ def load_buttons(entry: dict[str, Any]) -> None:
         st.rerun()
 
 
-def load(entry: dict[str, Any]) -> bool:
+def api_key(entry: ModelEntry, unlocked: Unlocked | None) -> str | None:
+    """A remote model's API key from the unlocked vault (None: a local model, or none)."""
+    if not entry.is_remote or unlocked is None:
+        return None
+    return unlocked.get_secret(entry.secret_name)
+
+
+def load(entry: ModelEntry) -> bool:
     """Load (or switch to) entry with live progress; True when ready."""
-    unlocked = session.unlocked()
-    api_key = None
-    if entry["format"] == "openai" and unlocked is not None:
-        api_key = unlocked.get_secret(f"api-key:{entry['id']}")
-    with st.status(f"Loading {entry['name']}…", expanded=True) as box:
+    key = api_key(entry, session.unlocked())
+    with st.status(f"Loading {entry.name}…", expanded=True) as box:
         try:
-            services().host.load(entry["id"], api_key=api_key, options=load_options(),
+            services().host.load(entry.id, api_key=key, options=load_options(),
                                  progress=lambda text: box.write(text))  # fmt: skip
         except ApplianceError as exc:
-            box.update(label=f"Could not load {entry['name']}", state="error")
+            box.update(label=f"Could not load {entry.name}", state="error")
             st.error(str(exc))
             return False
-        box.update(label=f"{entry['name']} is ready.", state="complete", expanded=False)
+        box.update(label=f"{entry.name} is ready.", state="complete", expanded=False)
     return True
 
 

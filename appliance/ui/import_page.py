@@ -9,11 +9,12 @@ from typing import Any
 import streamlit as st
 
 from appliance import format as fmt
+from appliance.capabilities import LOCAL_BACKENDS
 from appliance.engine.remote import list_remote_models
 from appliance.errors import ApplianceError
 from appliance.library.importer import DuplicateModel, Upload, import_path
 from appliance.library.inspect import inspect_model
-from appliance.library.model_info import BACKENDS
+from appliance.model_entry import ModelEntry
 from appliance.ui import session
 from appliance.ui.guard import guarded
 from appliance.ui.services import services
@@ -42,7 +43,9 @@ def _choices(key: str, info: Any | None) -> dict[str, Any]:
     inferred = f" (inferred: {info.backend})" if info else ""
     cols = st.columns(3)
     name = cols[0].text_input("Display name", key=f"{key}-name", placeholder="from the file name")
-    backend = cols[1].selectbox(f"Backend{inferred}", [INFER, *BACKENDS[:3]], key=f"{key}-backend")
+    backend = cols[1].selectbox(
+        f"Backend{inferred}", [INFER, *LOCAL_BACKENDS], key=f"{key}-backend"
+    )
     arch_hint = f"inferred: {info.architecture}" if info else "from the header"
     arch = cols[2].text_input("Architecture", key=f"{key}-arch", placeholder=arch_hint)
     return {"name": name.strip() or None, "backend": None if backend == INFER else backend,
@@ -97,8 +100,8 @@ def _import_from_path(
 def _remember_duplicate(kind: str, source: str, dup: DuplicateModel) -> None:
     """Keep a refused duplicate across reruns, so its buttons work."""
     st.session_state[f"{kind}-duplicate"] = {
-        "source": source, "message": dup.fact, "id": dup.existing["id"],
-        "name": dup.existing["name"], "hidden": dup.hidden,
+        "source": source, "message": dup.fact, "id": dup.existing.id,
+        "name": dup.existing.name, "hidden": dup.hidden,
     }  # fmt: skip
 
 
@@ -129,7 +132,7 @@ def _use_existing(dup: dict[str, Any]) -> None:
         st.error(str(exc))
         return
     back = " It is back in the library." if dup["hidden"] else ""
-    st.success(f"Using **{entry['name']}** (id `{entry['id']}`): nothing was copied.{back} "
+    st.success(f"Using **{entry.name}** (id `{entry.id}`): nothing was copied.{back} "
                "Load it from the Library or the Chat page.")  # fmt: skip
 
 
@@ -145,11 +148,9 @@ def show_info(info: Any) -> None:
         st.caption(note)
 
 
-def _imported(entry: dict[str, Any]) -> None:
-    sha = entry["sha256"] or "being computed in the background"
-    st.success(
-        f"Added **{entry['name']}** (id `{entry['id']}`, {entry['backend']}). sha256: `{sha}`"
-    )
+def _imported(entry: ModelEntry) -> None:
+    sha = entry.sha256 or "being computed in the background"
+    st.success(f"Added **{entry.name}** (id `{entry.id}`, {entry.backend}). sha256: `{sha}`")
 
 
 def _upload() -> None:
@@ -212,11 +213,11 @@ def _remote() -> None:
             try:
                 entry = services().library.add_remote(url.strip(), model)
                 if api_key and unlocked is not None:
-                    unlocked.set_secret(f"api-key:{entry['id']}", api_key)
+                    unlocked.set_secret(entry.secret_name, api_key)
             except ApplianceError as exc:
                 st.error(str(exc))
                 return
-            st.success(f"Added **{entry['name']}** (id `{entry['id']}`, openai).")
+            st.success(f"Added **{entry.name}** (id `{entry.id}`, openai).")
 
 
 @st.fragment(run_every=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import streamlit as st
@@ -11,6 +12,7 @@ from appliance import format as fmt
 from appliance import hardware
 from appliance.engine import HostStatus
 from appliance.errors import ApplianceError
+from appliance.model_entry import ModelEntry
 from appliance.sampling import SETTINGS, Setting
 from appliance.ui import engine_controls
 from appliance.ui.guard import guarded
@@ -18,7 +20,7 @@ from appliance.ui.services import services
 
 
 def rows(
-    entries: list[dict[str, Any]],
+    entries: list[ModelEntry],
     hw: hardware.Hardware,
     conversations: dict[str, int],
     active: HostStatus | None = None,
@@ -26,32 +28,32 @@ def rows(
     """The table's rows, one per model; `active` marks the resident model."""
     return [
         {
-            "Name": e["name"],
+            "Name": e.name,
             "State": _state(e, active),
-            "ID": e["id"],
-            "Backend": e["backend"],
+            "ID": e.id,
+            "Backend": e.backend,
             "Model": _model_summary(e),
-            "Context": e["metadata"].get("context_length") or None,
-            "Size": fmt.size(e["size_bytes"]),
+            "Context": e.metadata.context_length or None,
+            "Size": fmt.size(e.size_bytes),
             "Memory": hardware.fit(e, hw),
-            "Chats": conversations.get(e["id"], 0),
-            "sha256": e["sha256"][:10] + "…" if e["sha256"] else "hashing…",
+            "Chats": conversations.get(e.id, 0),
+            "sha256": e.sha256[:10] + "…" if e.sha256 else "hashing…",
         }
         for e in entries
     ]
 
 
-def _model_summary(entry: dict[str, Any]) -> str:
-    meta = entry["metadata"]
-    quant = meta.get("quantization") or meta.get("dtype") or "—"
-    return f"{entry['architecture'] or '?'} · {fmt.params(meta.get('parameters'))} · {quant}"
+def _model_summary(entry: ModelEntry) -> str:
+    meta = entry.metadata
+    quant = meta.quantization or meta.dtype or "—"
+    return f"{entry.architecture or '?'} · {fmt.params(meta.parameters)} · {quant}"
 
 
-def _state(entry: dict[str, Any], active: HostStatus | None) -> str:
+def _state(entry: ModelEntry, active: HostStatus | None) -> str:
     """'● loaded' (or replying, loading) for the resident model, else the file's status."""
-    if active is not None and active.model_id == entry["id"]:
+    if active is not None and active.model_id == entry.id:
         return {"generating": "● replying", "loading": "○ loading"}.get(active.phase, "● loaded")
-    return entry["status"]
+    return entry.status
 
 
 SELECTED = "library-selected"  # the model chosen under "Manage a model"
@@ -91,14 +93,14 @@ def render() -> None:
 
 @st.fragment(run_every=3)
 @guarded
-def _table() -> list[dict[str, Any]]:
+def _table() -> list[ModelEntry]:
     """The table refreshes by itself, so dropped-in models appear without a reload."""
     try:
         entries = services().library.entries()
     except ApplianceError as exc:
         st.error(str(exc))
         return []
-    ids = [e["id"] for e in entries]
+    ids = [e.id for e in entries]
     if st.session_state.setdefault("library_ids", ids) != ids:
         st.session_state["library_ids"] = ids
         st.rerun(scope="app")  # the actions below list the models too
@@ -118,16 +120,15 @@ def _problems() -> None:
     """Damaged models, and files in models/ that could not be added, with the reason."""
     library = services().library
     try:
-        damaged = [e for e in library.entries() if e["status"] == "damaged"]
+        damaged = [e for e in library.entries() if e.status == "damaged"]
         rejected = library.rejected_drop_ins()
     except ApplianceError as exc:
         st.error(str(exc))
         return
     for e in damaged:
-        where = e["path"] if e["external"] else f"models/{e['path']}"
         st.error(
-            f"**{e['name']}** (`{e['id']}`) is damaged: {e['problem']} To fix it, put a good "
-            f"copy at {where}, or remove the model."
+            f"**{e.name}** (`{e.id}`) is damaged: {e.problem} To fix it, put a good copy at "
+            f"{e.location}, or remove the model."
         )
     if rejected:
         st.subheader("Files in models/ that were not added")
@@ -151,13 +152,12 @@ def _hidden_models() -> None:
         entry = model.entry
         cols = st.columns([5, 1])
         cols[0].markdown(
-            f"**{entry['name']}** (`{entry['id']}`) — {entry['path']}, "
-            f"{fmt.size(entry['size_bytes'])}, hidden since {model.hidden_at}; "
-            f"files: {ON_DISK[model.on_disk]}"
+            f"**{entry.name}** (`{entry.id}`) — {entry.path}, {fmt.size(entry.size_bytes)}, "
+            f"hidden since {model.hidden_at}; files: {ON_DISK[model.on_disk]}"
         )
-        if cols[1].button("Unhide", key=f"unhide-{entry['id']}"):
-            _run(lambda e=entry: services().library.unhide(e["id"]),
-                 f"{entry['name']} is back in the library.")  # fmt: skip
+        if cols[1].button("Unhide", key=f"unhide-{entry.id}"):
+            _run(lambda e=entry: services().library.unhide(e.id),
+                 f"{entry.name} is back in the library.")  # fmt: skip
 
 
 ON_DISK = {
@@ -190,9 +190,9 @@ def _hardware_panel(hw: hardware.Hardware) -> None:
         cols[3].metric("GPU", "none", help="No NVIDIA GPU found; models run on the CPU.")
 
 
-def _actions(entries: list[dict[str, Any]]) -> None:
+def _actions(entries: list[ModelEntry]) -> None:
     st.subheader("Manage a model")
-    names = {e["id"]: f"{e['name']} ({e['id']})" for e in entries}
+    names = {e.id: f"{e.name} ({e.id})" for e in entries}
     ids = list(names)
     chosen = st.session_state.get(SELECTED)
     # The key carries the labels, so a rename draws the selector anew: its browser side
@@ -201,29 +201,29 @@ def _actions(entries: list[dict[str, Any]]) -> None:
     model_id = st.selectbox("Model", ids, index=ids.index(chosen) if chosen in ids else 0,
                             format_func=names.get, key=f"library-model-{labels}")  # fmt: skip
     st.session_state[SELECTED] = model_id
-    entry = next(e for e in entries if e["id"] == model_id)
+    entry = next(e for e in entries if e.id == model_id)
     engine_controls.load_buttons(entry)
     _rename(entry)
     _defaults(entry)
     _remove(entry)
 
 
-def _rename(entry: dict[str, Any]) -> None:
-    with st.form(f"rename-{entry['id']}", border=False):
-        name = st.text_input("Display name", value=entry["name"], max_chars=200)
+def _rename(entry: ModelEntry) -> None:
+    with st.form(f"rename-{entry.id}", border=False):
+        name = st.text_input("Display name", value=entry.name, max_chars=200)
         if st.form_submit_button("Rename"):
-            _run(lambda: services().library.rename(entry["id"], name), f"Renamed to {name!r}.")
+            _run(lambda: services().library.rename(entry.id, name), f"Renamed to {name!r}.")
 
 
-def _defaults(entry: dict[str, Any]) -> None:
+def _defaults(entry: ModelEntry) -> None:
     title = "Chat defaults for this model (system prompt and sampling)"
-    with st.expander(title), st.form(f"defaults-{entry['id']}"):
-        values = setting_inputs(entry["defaults"], key=f"def-{entry['id']}")
+    with st.expander(title), st.form(f"defaults-{entry.id}"):
+        values = setting_inputs(entry.defaults, key=f"def-{entry.id}")
         if st.form_submit_button("Save defaults"):
-            _run(lambda: services().library.set_defaults(entry["id"], values), "Saved.")
+            _run(lambda: services().library.set_defaults(entry.id, values), "Saved.")
 
 
-def setting_inputs(current: dict[str, Any], key: str, persist: bool = False) -> dict[str, Any]:
+def setting_inputs(current: Mapping[str, Any], key: str, persist: bool = False) -> dict[str, Any]:
     """One input per sampling setting, bounded by its declaration; returns the values.
 
     `current` fills an input only while its key holds no value yet. With `persist`, the
@@ -250,17 +250,17 @@ def _setting_input(setting: Setting, value: Any, key: str, persist: bool) -> Any
     return st.number_input(label, int(low), int(high), **common)
 
 
-def _remove(entry: dict[str, Any]) -> None:
+def _remove(entry: ModelEntry) -> None:
     """A form: the typed id and the tick are sent with the Remove click itself, so the
     button works without pressing Enter first; a wrong id is refused with a message."""
-    model_id = entry["id"]
+    model_id = entry.id
     with st.expander("Remove this model"), st.form(f"rm-form-{model_id}", border=False):
         st.write("Removing takes the model out of the library. Its chat history is kept. "
                  "Unless you delete its files, they stay in place and the model is hidden: "
                  "it is not added again until you unhide it (under Hidden models).")  # fmt: skip
         delete = st.checkbox(
             "Also delete its files from models/", key=f"rm-files-{model_id}",
-            disabled=entry["external"],
+            disabled=entry.external,
             help="Files registered in place, outside models/, are never deleted.",
         )  # fmt: skip
         confirm = st.text_input(
@@ -274,13 +274,13 @@ def _remove(entry: dict[str, Any]) -> None:
                  _removed_message(entry, delete))  # fmt: skip
 
 
-def _removed_message(entry: dict[str, Any], deleted: bool) -> str:
+def _removed_message(entry: ModelEntry, deleted: bool) -> str:
     """What Remove did, for the toast."""
     if deleted:
-        return f"Removed {entry['name']} and its files from the library."
-    if entry["format"] == "openai":
-        return f"Removed {entry['name']} from the library."
-    return (f"Removed {entry['name']} from the library. Its files stay in place and it is "
+        return f"Removed {entry.name} and its files from the library."
+    if entry.is_remote:
+        return f"Removed {entry.name} from the library."
+    return (f"Removed {entry.name} from the library. Its files stay in place and it is "
             "hidden, so it is not added again; Unhide brings it back.")  # fmt: skip
 
 

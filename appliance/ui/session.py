@@ -61,7 +61,7 @@ def legacy_model_resolver(library: Library) -> Callable[[str], str | None]:
 
     def models() -> list[tuple[str, str, str]]:
         try:
-            return [(e["id"], e["name"], e["path"]) for e in library.entries()]
+            return [(e.id, e.name, e.path) for e in library.entries()]
         except ApplianceError:
             return []
 

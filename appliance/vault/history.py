@@ -41,11 +41,11 @@ from typing import Any
 
 from appliance.fsutil import FileLock, atomic_write_bytes, fsync_dir, sweep_stale_temps
 from appliance.paths import Paths, private_dir
+from appliance.roles import HISTORY_ROLES
 from appliance.vault import keys, records
 from appliance.vault.errors import HistoryError, HistoryTampered, UnknownConversation
 from appliance.vault.keys import AuthFailed, KeyRing
 
-ROLES = ("system", "user", "assistant", "tool")
 MAX_CONTENT_BYTES = 16 * 1024 * 1024
 MAX_TITLE_CHARS = 500
 MAX_MODEL_ID_CHARS = 512
@@ -232,8 +232,10 @@ class HistoryStore:
         self, model_id: str, conv_id: str, role: str, content: str, meta: dict | None = None
     ) -> Message:
         """Add one message: one record appended and fsynced, nothing rewritten."""
-        if role not in ROLES:
-            raise HistoryError(f"Unknown role {role!r}; expected one of {', '.join(ROLES)}.")
+        if role not in HISTORY_ROLES:
+            raise HistoryError(
+                f"Unknown role {role!r}; expected one of {', '.join(HISTORY_ROLES)}."
+            )
         return self._append(model_id, conv_id, "m", role, content, meta)
 
     def replace_last(
@@ -363,7 +365,7 @@ class HistoryStore:
             codec = self._codec(ring, records.CURRENT_VERSION, header.log_id)
             body = bytearray()
             for seq, (role, content, at, meta) in enumerate(msgs):
-                if role not in ROLES:
+                if role not in HISTORY_ROLES:
                     raise HistoryError(f"Message {seq} has unknown role {role!r}.")
                 payload = _payload("m", role, content, meta, now if at is None else at, seq + 1)
                 body += self._seal_record(ring, mtag, conv_id, codec, seq, payload)

@@ -30,8 +30,9 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 
 from appliance.fsutil import fsync_dir
+from appliance.roles import HISTORY_ROLES
 from appliance.vault import keys
-from appliance.vault.history import ROLES, HistoryStore
+from appliance.vault.history import HistoryStore
 from appliance.vault.kdf import derive, normalize_password
 from appliance.vault.keys import KeyRing
 from appliance.vault.settings import SeedSettings
@@ -204,7 +205,7 @@ def _role(raw: Any, previous: str | None) -> tuple[str, bool]:
     the turn after the previous message (a reply to the user, else the user)."""
     if isinstance(raw, str):
         key = raw.strip().lower()
-        if key in ROLES:
+        if key in HISTORY_ROLES:
             return key, True
         if key in _SYNONYM:
             return _SYNONYM[key], False

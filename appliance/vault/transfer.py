@@ -17,6 +17,7 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from appliance.roles import HISTORY_ROLES
 from appliance.vault.errors import HistoryError
 
 if TYPE_CHECKING:
@@ -94,13 +95,13 @@ def parse_json(text: str) -> tuple[str | None, float | None, list[tuple[str, str
 
 
 def _message(index: int, item: Any) -> tuple[str, str, float | None, dict]:
-    from appliance.vault.history import ROLES
-
     if not isinstance(item, dict):
         raise _bad(f"messages[{index}] is not an object")
     role, content, meta = item.get("role"), item.get("content"), item.get("meta")
-    if role not in ROLES:
-        raise _bad(f"messages[{index}].role is {role!r}; expected one of {', '.join(ROLES)}")
+    if role not in HISTORY_ROLES:
+        raise _bad(
+            f"messages[{index}].role is {role!r}; expected one of {', '.join(HISTORY_ROLES)}"
+        )
     if not isinstance(content, str):
         raise _bad(f"messages[{index}].content is not text")
     if meta is not None and not isinstance(meta, dict):

@@ -1,8 +1,11 @@
-"""The backend interface: load, one streaming chat method, close; capabilities on the class.
+"""The backend interface: load, one streaming chat method, close.
 
-A backend module stays light to import: it imports its heavy library (llama_cpp, torch,
-ctransformers...) inside its methods, so the host can read a backend's capabilities and
-check that its extra is installed without paying for the import. Backends run only
+What a backend can load and which load options it takes are in the capability table
+(appliance.capabilities); the class says what it needs installed (`extra`, `modules`)
+and whether it can continue raw text (`completion`). A backend module stays light to
+import: it imports its heavy library (llama_cpp, torch, ctransformers...) inside its
+methods, so the host can check that its extra is installed without paying for the
+import. Backends run only
 inside the worker process (appliance.engine.worker). What `load` returns, Loaded, is
 the worker protocol's event of that name (appliance.engine.protocol): the worker sends it
 to the host as it is.
@@ -19,6 +22,7 @@ from typing import Any, ClassVar
 
 from appliance.engine.errors import BackendUnavailable
 from appliance.engine.protocol import Loaded
+from appliance.model_entry import ModelEntry
 
 Log = Callable[[str], None]
 Message = dict[str, str]
@@ -29,7 +33,7 @@ class LoadSpec:
     """What the worker needs to load one model."""
 
     path: str  # file or folder; for remote backends the server's base URL
-    entry: dict[str, Any]  # the registry entry (name, format, architecture, metadata)
+    entry: ModelEntry
     options: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None
 
@@ -48,10 +52,6 @@ class Backend:
     name: ClassVar[str]
     extra: ClassVar[str]  # the pip extra that installs `modules`
     modules: ClassVar[tuple[str, ...]] = ()  # heavy import names
-    formats: ClassVar[tuple[str, ...]] = ()
-    remote: ClassVar[bool] = False
-    exact_token_count: ClassVar[bool] = True  # False: count_tokens is an estimate
-    uses_gpu: ClassVar[bool] = False
     crash_hint: ClassVar[str] = ""  # added to the message when the worker dies loading
     completion: ClassVar[bool] = False  # complete(): continue raw text (base models)
 

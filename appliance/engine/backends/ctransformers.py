@@ -77,8 +77,6 @@ class CTransformersBackend(Backend):
     name = "ctransformers"
     extra = "legacy"
     modules = ("ctransformers",)
-    formats = ("ggml", "gguf")
-    exact_token_count = True
     crash_hint = f"{SUPPORTED}. {SUGGESTION}"
     completion = True
 
@@ -86,14 +84,14 @@ class CTransformersBackend(Backend):
         from ctransformers import AutoModelForCausalLM
 
         path = Path(spec.path)
-        arch = spec.entry.get("architecture", "llama")
+        arch = spec.entry.architecture
         model_type = MODEL_TYPES.get(arch)
         if model_type is None:
             raise ModelLoadError(
                 f"ctransformers cannot load {path.name}: its architecture {arch!r} is not one "
                 f"it knows. {SUPPORTED}. {SUGGESTION}"
             )
-        n_ctx = spec.options.get("n_ctx") or spec.entry.get("context_length") or LEGACY_CTX
+        n_ctx = spec.options.get("n_ctx") or spec.entry.metadata.context_length or LEGACY_CTX
         self.threads = spec.options.get("n_threads") or opts.physical_cores()
         log(f"ctransformers: model type {model_type}, n_ctx {n_ctx}, {self.threads} threads")
         native: list[str] = []

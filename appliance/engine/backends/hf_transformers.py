@@ -30,8 +30,6 @@ class TransformersBackend(Backend):
     name = "transformers"
     extra = "transformers"
     modules = ("torch", "transformers")
-    formats = ("hf-folder",)
-    uses_gpu = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
         os.environ.update(OFFLINE_ENV)

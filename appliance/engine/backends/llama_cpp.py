@@ -66,17 +66,13 @@ def gguf_geometry(path: Path) -> tuple[int | None, int | None]:
         info = inspect_model(path)
     except (ModelFileError, OSError):
         return None, None  # llama.cpp itself then says what is wrong with the file
-    geometry = {"layers": info.layers, "embedding": info.embedding, "heads": info.heads,
-                "kv_heads": info.kv_heads}  # fmt: skip
-    return info.context_length, kv_cache_bytes(geometry, 1) or None
+    return info.context_length, kv_cache_bytes(info.metadata(), 1) or None
 
 
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
     extra = "llama"
     modules = ("llama_cpp",)
-    formats = ("gguf",)
-    uses_gpu = True
     completion = True
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:

@@ -23,13 +23,10 @@ CHARS_PER_TOKEN = 4
 class OpenAIBackend(Backend):
     name = "openai"
     extra = "core"
-    formats = ("openai",)
-    remote = True
-    exact_token_count = False
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
         self.client = OpenAIClient(spec.path, spec.api_key)
-        self.model = spec.entry.get("metadata", {}).get("model_name") or ""
+        self.model = spec.entry.metadata.model_name or ""
         log(f"asking {self.client.base_url} for its models")
         offered = {m["id"]: m for m in self.client.models()}
         if self.model not in offered:
