@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
-from appliance import settings
+from appliance import app_settings
 from appliance.library.library import Library
 from appliance.paths import current
 from tests.browser import (
@@ -649,7 +649,7 @@ def test_settings_page_every_control(appliance_home: Path, demo_model: Path, pag
         form.get_by_role("button", name="Save settings").click()
         expect(page.get_by_text(re.compile("^Saved"))).to_be_visible()
         shot(page, "settings")
-        saved = settings.load(current())
+        saved = app_settings.load(current())
         assert (saved["keep_alive_minutes"], saved["n_threads"], saved["n_ctx"]) == (6, 1, 1024)
 
         # Kept across pages (10.5) and used by the next load.

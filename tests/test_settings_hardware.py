@@ -7,37 +7,37 @@ from pathlib import Path
 
 import pytest
 
-from appliance import hardware, settings
+from appliance import app_settings, hardware
 from appliance.hardware import Gpu, Hardware
 from appliance.model_entry import ModelEntry, ModelMetadata
 
 
 def test_defaults_then_save_and_reload(appliance_home: Path) -> None:
-    assert settings.load() == {"keep_alive_minutes": 30, "n_threads": 0, "n_ctx": 0}
-    settings.save({"n_threads": 2})
-    assert settings.load()["n_threads"] == 2
+    assert app_settings.load() == {"keep_alive_minutes": 30, "n_threads": 0, "n_ctx": 0}
+    app_settings.save({"n_threads": 2})
+    assert app_settings.load()["n_threads"] == 2
     stored = appliance_home / "config" / "app.json"
     assert stored.stat().st_mode & 0o777 == 0o600
     assert json.loads(stored.read_text())["keep_alive_minutes"] == 30
 
 
 def test_out_of_bounds_is_refused_and_file_kept(appliance_home: Path) -> None:
-    settings.save({"keep_alive_minutes": 0})
+    app_settings.save({"keep_alive_minutes": 0})
     before = (appliance_home / "config" / "app.json").read_bytes()
     with pytest.raises(
-        settings.SettingsFileError, match="settings.n_threads must be between 0 and 256"
+        app_settings.SettingsFileError, match="settings.n_threads must be between 0 and 256"
     ):
-        settings.save({"n_threads": 1000})
+        app_settings.save({"n_threads": 1000})
     assert (appliance_home / "config" / "app.json").read_bytes() == before
 
 
 def test_corrupt_file_is_named(appliance_home: Path) -> None:
     (appliance_home / "config" / "app.json").write_text("{]")
     with pytest.raises(
-        settings.SettingsFileError,
+        app_settings.SettingsFileError,
         match=r"app.json is not valid JSON .* delete it to return to the defaults",
     ):
-        settings.load()
+        app_settings.load()
 
 
 def test_snapshot_reads_this_machine() -> None:

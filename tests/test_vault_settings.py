@@ -19,9 +19,9 @@ from appliance.vault import (
     WeakPassword,
     WrongPassword,
     password_strength,
+    vault_settings,
 )
 from appliance.vault import kdf as kdf_mod
-from appliance.vault import settings as settings_mod
 from tests.vault_helpers import OTHER, PASSWORD, fast_vault, snapshot, write_seed_vault
 
 
@@ -31,7 +31,7 @@ def settings_doc(home: Path) -> dict:
 
 def write_doc(home: Path, doc: dict, *, fix_checksum: bool = True) -> None:
     if fix_checksum:
-        doc["checksum"] = settings_mod.checksum(doc)
+        doc["checksum"] = vault_settings.checksum(doc)
     (home / "config" / "settings.json").write_text(json.dumps(doc))
 
 
@@ -233,11 +233,11 @@ def write_v1_settings(home: Path, password: str, **fields) -> dict:
     doc = settings_doc(home)
     params = kdf_mod.params_from_json(doc["kdf"])
     master = kdf_mod.derive(kdf_mod.normalize_password(password), params)
-    loaded = settings_mod.load(home / "config" / "settings.json")
-    data_key, _ = settings_mod.unwrap(master, loaded)
+    loaded = vault_settings.load(home / "config" / "settings.json")
+    data_key, _ = vault_settings.unwrap(master, loaded)
     from appliance.vault import keys
 
-    wrapped = keys.seal(keys.hkdf(master, "wrap"), data_key, settings_mod.wrap_aad(params, 1))
+    wrapped = keys.seal(keys.hkdf(master, "wrap"), data_key, vault_settings.wrap_aad(params, 1))
     old = {k: v for k, v in doc.items() if k not in ("mac", "checksum")}
     old.update(version=1, wrapped_key=base64.b64encode(wrapped).decode(), **fields)
     write_doc(home, old)

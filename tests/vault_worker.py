@@ -4,7 +4,7 @@
     vault_worker.py passwd A B          change the password A -> B -> A ... forever
 
 Passwords come on stdin (one per line), the home from APPLIANCE_HOME. Prints "ready"
-once set up. Uses the test-only cheap KDF parameters.
+once set up. Uses the tests' cheap KDF parameters (vault_helpers.FAST_KDF).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.vault import Vault
+from tests.vault_helpers import FAST_KDF
 
 
 def message(i: int) -> str:
@@ -25,7 +26,7 @@ def message(i: int) -> str:
 
 
 def append(model: str, conv: str) -> None:
-    history = Vault(insecure_fast_kdf_for_tests=True).unlock(sys.stdin.readline()[:-1]).history
+    history = Vault(kdf_params=FAST_KDF).unlock(sys.stdin.readline()[:-1]).history
     i = history.info(model, conv).message_count
     print("ready", flush=True)
     while True:
@@ -36,7 +37,7 @@ def append(model: str, conv: str) -> None:
 
 def passwd() -> None:
     first, second = sys.stdin.readline()[:-1], sys.stdin.readline()[:-1]
-    vault = Vault(insecure_fast_kdf_for_tests=True)
+    vault = Vault(kdf_params=FAST_KDF)
     print("ready", flush=True)
     i = 0
     while True:

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from appliance import settings
+from appliance import app_settings
 from appliance.errors import ApplianceError
 from appliance.model_entry import ModelEntry
 from appliance.ui import session
@@ -26,7 +26,7 @@ PHASES = {"idle": "No model loaded", "loading": "Loading…", "ready": "Ready",
 
 def load_options() -> dict[str, Any]:
     """Threads and context from the app settings (0 = the engine decides)."""
-    values = settings.load()
+    values = app_settings.load()
     return {k: values[k] for k in ("n_threads", "n_ctx") if values[k]}
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from appliance import settings
+from appliance import app_settings
 from appliance.engine import Host
 from appliance.library.library import Library
 from appliance.library.watcher import DropInWatcher
@@ -31,7 +31,7 @@ class Services:
 def services() -> Services:
     """Build the shared services once per server process."""
     library = Library()
-    keep_alive = settings.load()["keep_alive_minutes"] * 60
+    keep_alive = app_settings.load()["keep_alive_minutes"] * 60
     return Services(
         library=library,
         watcher=DropInWatcher(library).start(),

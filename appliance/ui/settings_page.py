@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appliance import settings
+from appliance import app_settings
+from appliance.app_settings import APP_SETTINGS
 from appliance.errors import ApplianceError
-from appliance.settings import APP_SETTINGS
 from appliance.ui import session
 from appliance.ui.guard import guarded
 from appliance.ui.services import services
@@ -30,7 +30,7 @@ def render() -> None:
 def _app_settings() -> None:
     vault = services().vault
     try:
-        current = settings.load()
+        current = app_settings.load()
         auto_lock = vault.auto_lock_s // 60
     except ApplianceError as exc:
         st.error(str(exc))
@@ -42,7 +42,7 @@ def _app_settings() -> None:
         if st.form_submit_button("Save settings", type="primary"):
             try:
                 vault.set_auto_lock_s(int(minutes) * 60, session.unlocked(touch=False))
-                saved = settings.save(values)
+                saved = app_settings.save(values)
             except ApplianceError as exc:
                 st.error(str(exc))
                 return

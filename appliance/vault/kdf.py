@@ -72,11 +72,6 @@ DEFAULTS: dict[str, KdfParams] = {
     ARGON2ID: KdfParams(ARGON2ID, iterations=3, memory_kib=64 * 1024, lanes=4),
     PBKDF2: KdfParams(PBKDF2, iterations=600_000),
 }
-# Cheap parameters, only reachable through Vault(insecure_fast_kdf_for_tests=True).
-TEST_ONLY: dict[str, KdfParams] = {
-    ARGON2ID: KdfParams(ARGON2ID, iterations=1, memory_kib=64, lanes=1),
-    PBKDF2: KdfParams(PBKDF2, iterations=1_000),
-}
 
 
 def normalize_password(password: str) -> bytes:

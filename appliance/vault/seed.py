@@ -35,7 +35,7 @@ from appliance.vault import keys
 from appliance.vault.history import HistoryStore
 from appliance.vault.kdf import derive, normalize_password
 from appliance.vault.keys import KeyRing
-from appliance.vault.settings import SeedSettings
+from appliance.vault.vault_settings import SeedSettings
 
 SEED_TITLE = "Imported from the original app"
 IMPORTED_SUFFIX = ".imported"

@@ -1,6 +1,6 @@
 """The vault: master password set-up, unlock, password change, and the unlocked session.
 
-A random data key protects everything; the password only wraps it (see settings.py),
+A random data key protects everything; the password only wraps it (vault_settings.py),
 so changing the password rewrites config/settings.json alone, in one atomic replace:
 whatever moment the process dies, exactly one of the old and new passwords opens the
 vault, and the history files are never touched. Every derivation runs under one lock
@@ -13,15 +13,14 @@ import contextlib
 import json
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from appliance.fsutil import FileLock, atomic_write_json, sweep_stale_temps
 from appliance.paths import Paths, current
-from appliance.vault import keys
-from appliance.vault import settings as settings_mod
+from appliance.vault import keys, vault_settings
 from appliance.vault.errors import (
     OrphanedHistory,
     SettingsCorrupt,
@@ -37,7 +36,6 @@ from appliance.vault.kdf import (
     ARGON2ID,
     DEFAULTS,
     KDF_NAMES,
-    TEST_ONLY,
     KdfParams,
     derive,
     normalize_password,
@@ -50,15 +48,15 @@ from appliance.vault.seed import (
     seed_chat_files,
     verify_seed_password,
 )
-from appliance.vault.settings import (
+from appliance.vault.strength import check_new_password
+from appliance.vault.throttle import FREE_ATTEMPTS, Throttle, ThrottleState, delay_after
+from appliance.vault.vault_settings import (
     AUTO_LOCK_LIMITS,
     DEFAULT_AUTO_LOCK_S,
     EnvelopeSettings,
     SeedSettings,
     now_iso,
 )
-from appliance.vault.strength import check_new_password
-from appliance.vault.throttle import FREE_ATTEMPTS, Throttle, ThrottleState, delay_after
 
 SEED_AAD = keys.DOMAIN + b"seed-import"
 KDF_CHANGED = (
@@ -85,11 +83,13 @@ class Vault:
         paths: Paths | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        insecure_fast_kdf_for_tests: bool = False,
+        kdf_params: Mapping[str, KdfParams] = DEFAULTS,
     ) -> None:
+        """kdf_params: per KDF name, the parameters that set-up, password changes and
+        upgrades give the key (kdf.DEFAULTS; tests pass cheaper ones)."""
         self.paths = (paths or current()).ensure()
         self.clock = clock
-        self._targets = TEST_ONLY if insecure_fast_kdf_for_tests else DEFAULTS
+        self._targets = kdf_params
         self._kdf_lock = FileLock(self.paths.config / ".kdf.lock")
         self._pin_path = self.paths.config / "kdf-pin.json"
         self.throttle = Throttle(self.paths.config / "throttle.json", clock)
@@ -174,7 +174,7 @@ class Vault:
     # ----------------------------------------------------------------- settings
     @property
     def auto_lock_s(self) -> int:
-        loaded = settings_mod.load(self.settings_path)
+        loaded = vault_settings.load(self.settings_path)
         return loaded.auto_lock_s if isinstance(loaded, EnvelopeSettings) else 900
 
     def set_auto_lock_s(self, seconds: int, session: Unlocked | None = None) -> None:
@@ -190,15 +190,15 @@ class Vault:
             raise VaultLocked("it must be unlocked to change its settings")
         mac_key = session._require()["settings"]
         with self._kdf_lock.hold():
-            loaded = settings_mod.load(self.settings_path)
+            loaded = vault_settings.load(self.settings_path)
             if isinstance(loaded, SeedSettings):
                 raise VaultError("Unlock the vault once (to upgrade it) before changing this.")
-            if not settings_mod.mac_matches(mac_key, loaded):
+            if not vault_settings.mac_matches(mac_key, loaded):
                 raise VaultError(
                     "config/settings.json changed since this session was unlocked; nothing "
                     "was saved. Lock and unlock again (that checks the file), then retry."
                 )
-            settings_mod.save(self.settings_path, replace(loaded, auto_lock_s=seconds), mac_key)
+            vault_settings.save(self.settings_path, replace(loaded, auto_lock_s=seconds), mac_key)
 
     def status(self) -> dict[str, Any]:
         """State for `appliance vault status` and the UI: no secret, no salt."""
@@ -214,7 +214,7 @@ class Vault:
             "created_at": None, "password_changed_at": None, "error": None,
         }  # fmt: skip
         try:
-            loaded = settings_mod.load(self.settings_path)
+            loaded = vault_settings.load(self.settings_path)
         except VaultNotInitialized:
             return out
         except SettingsCorrupt as exc:
@@ -239,7 +239,7 @@ class Vault:
         envelope format here (its history follows on unlock)."""
         if not isinstance(password, str):
             raise TypeError("password must be a str")
-        loaded = settings_mod.load(self.settings_path)
+        loaded = vault_settings.load(self.settings_path)
         prior = self.throttle.state()
         self.throttle.begin_attempt()
         if isinstance(loaded, SeedSettings):
@@ -261,15 +261,15 @@ class Vault:
         A verifier mismatch is a wrong password, unless the key opens anyway (the
         verifier was altered) or the KDF parameters are not those of the last unlock
         (the file was altered: reported, and the attempt not counted)."""
-        if settings_mod.verify(master, loaded):
+        if vault_settings.verify(master, loaded):
             self.throttle.succeeded()
-            return settings_mod.unwrap(master, loaded)
+            return vault_settings.unwrap(master, loaded)
         with contextlib.suppress(SettingsCorrupt):
-            data_key = settings_mod.unwrap(master, loaded)[0]
+            data_key = vault_settings.unwrap(master, loaded)[0]
             self.throttle.succeeded()
             return data_key, True
         pinned = self._pinned()
-        if pinned and settings_mod.fingerprint(loaded.kdf) not in pinned:
+        if pinned and vault_settings.fingerprint(loaded.kdf) not in pinned:
             self.throttle.restore(prior)
             raise SettingsCorrupt(KDF_CHANGED)
         self._wrong_password()
@@ -281,15 +281,15 @@ class Vault:
         back to safe values, saved with a new MAC, and a warning. Never raises."""
         mac_key = keys.hkdf(data_key, "settings")
         warnings = list(loaded.problems)
-        if not altered and settings_mod.mac_matches(mac_key, loaded):
+        if not altered and vault_settings.mac_matches(mac_key, loaded):
             return loaded, warnings
-        if altered or loaded.version == settings_mod.VERSION:
+        if altered or loaded.version == vault_settings.VERSION:
             warnings = [SETTINGS_ALTERED]
             loaded = replace(loaded, auto_lock_s=DEFAULT_AUTO_LOCK_S, created_at=None,
                              password_changed_at=None)  # fmt: skip
-        verifier, wrapped = settings_mod.wrap(master, data_key, loaded.kdf)
+        verifier, wrapped = vault_settings.wrap(master, data_key, loaded.kdf)
         resealed = replace(loaded, verifier=verifier, wrapped_key=wrapped,
-                           version=settings_mod.VERSION, problems=[])  # fmt: skip
+                           version=vault_settings.VERSION, problems=[])  # fmt: skip
         self._save(resealed, data_key)
         return resealed, warnings
 
@@ -297,9 +297,9 @@ class Vault:
         """Write settings.json with its MAC, and pin its KDF parameters: the new ones are
         pinned beside the old ones first, so a crash at any point leaves the file's
         parameters pinned."""
-        fingerprint = settings_mod.fingerprint(settings.kdf)
+        fingerprint = vault_settings.fingerprint(settings.kdf)
         self._write_pins({*(self._pinned() or ()), fingerprint})
-        settings_mod.save(self.settings_path, settings, keys.hkdf(data_key, "settings"))
+        vault_settings.save(self.settings_path, settings, keys.hkdf(data_key, "settings"))
         self._write_pins({fingerprint})
 
     def _pinned(self) -> set[str] | None:
@@ -315,7 +315,7 @@ class Vault:
 
     def _pin(self, kdf: KdfParams) -> None:
         """After a successful unlock: exactly these parameters are pinned."""
-        self._write_pins({settings_mod.fingerprint(kdf)})
+        self._write_pins({vault_settings.fingerprint(kdf)})
 
     def _write_pins(self, fingerprints: set[str]) -> None:
         if self._pinned() != fingerprints:
@@ -330,12 +330,12 @@ class Vault:
         base: EnvelopeSettings | None = None, password_changed: bool = False,
     ) -> EnvelopeSettings:  # fmt: skip
         master = derive(normalize_password(password), params)
-        verifier, wrapped = settings_mod.wrap(master, data_key, params)
+        verifier, wrapped = vault_settings.wrap(master, data_key, params)
         if base is None:
             return EnvelopeSettings(kdf=params, verifier=verifier, wrapped_key=wrapped)
         changed = now_iso() if password_changed else base.password_changed_at
         return replace(base, kdf=params, verifier=verifier, wrapped_key=wrapped,
-                       password_changed_at=changed, version=settings_mod.VERSION,
+                       password_changed_at=changed, version=vault_settings.VERSION,
                        problems=[])  # fmt: skip
 
     def _convert_seed(self, password: str, seed_key: bytes) -> tuple[bytes, EnvelopeSettings]:
@@ -368,9 +368,9 @@ class Vault:
         )
         unlocked.notices += notices
         unlocked.warnings += warnings
-        loaded = settings_mod.load(self.settings_path)
+        loaded = vault_settings.load(self.settings_path)
         if isinstance(loaded, EnvelopeSettings) and loaded.seed_import:
-            settings_mod.save(
+            vault_settings.save(
                 self.settings_path, replace(loaded, seed_import=None), ring["settings"]
             )
 
@@ -465,7 +465,7 @@ def _check_kdf_name(kdf: str) -> None:
 
 def _already_initialized(path: Path) -> VaultAlreadyInitialized:
     try:
-        settings_mod.load(path)
+        vault_settings.load(path)
     except SettingsCorrupt as exc:
         return VaultAlreadyInitialized(
             f"config/settings.json already exists but cannot be read ({exc}) It is never "
