@@ -1,7 +1,8 @@
 """Atomic writes and cross-process locks for every small file the app writes.
 
-Recipe (DESIGN.md, "Atomic writes"): a temp file in the same directory, write, fsync,
-os.replace, fsync the directory. Temp names start with a dot and contain ".tmp-", so
+The rule for every file the app writes: a temp file in the same directory, write, fsync,
+os.replace, fsync the directory, so that a crash at any moment leaves the old file or
+the new one, never a torn mix. Temp names start with a dot and contain ".tmp-", so
 the model watcher ignores them and `sweep_stale_temps` can remove those a crash left.
 """
 
