@@ -2,7 +2,8 @@
 
 `register_backend(name, "package.module:Class")` records where a backend lives; the
 module is imported only when the backend is used, and its heavy library only inside
-the worker process.
+the worker process. What each backend can load and which load options it takes is in
+appliance.capabilities.
 """
 
 from __future__ import annotations
