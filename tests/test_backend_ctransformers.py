@@ -119,28 +119,30 @@ def test_gpt2_context_is_the_files_own(host: Host, library: Library) -> None:
 
 def test_inspection_reads_the_gpt2_layout(tmp_path: Path) -> None:
     info = inspect_model(write_gpt2_ggml(tmp_path / "tiny.bin", "Q4_0"))
-    assert (info.format, info.ggml_variant, info.backend) == ("ggml", "ggml", "ctransformers")
+    meta = info.metadata
+    assert (info.format, meta.ggml_variant, info.backend) == ("ggml", "ggml", "ctransformers")
     assert (info.architecture, info.architecture_source) == ("gpt2", "metadata")
-    assert (info.quantization, info.context_length) == ("Q4_0", 128)
-    assert (info.layers, info.embedding, info.heads, info.tensor_count) == (2, 128, 4, 29)
-    assert info.parameters == gpt2_parameters(len(GPT2_VOCAB), 128, 128, 2) == 480_256
-    assert info.notes == [
+    assert (meta.quantization, meta.context_length) == ("Q4_0", 128)
+    assert (meta.layers, meta.embedding, meta.heads, meta.tensor_count) == (2, 128, 4, 29)
+    assert meta.parameters == gpt2_parameters(len(GPT2_VOCAB), 128, 128, 2) == 480_256
+    assert meta.notes == (
         f"ggml gpt-2 layout: vocab {len(GPT2_VOCAB)}, context 128, embedding 128, 4 heads, "
         "2 layers. GPT-2 and StarCoder files share this layout; the file name tells them "
-        "apart. Converting to GGUF is recommended."
-    ]
+        "apart. Converting to GGUF is recommended.",
+    )
     # Same layout, named by the file: ctransformers' starcoder loader reads it too.
     starcoder = inspect_model(write_gpt2_ggml(tmp_path / "tiny-starcoder.bin", "F16"))
     assert (starcoder.architecture, starcoder.architecture_source) == ("starcoder", "filename")
-    assert starcoder.quantization == "F16"
+    assert starcoder.metadata.quantization == "F16"
 
 
 def test_inspection_of_a_cut_gpt2_file(tmp_path: Path) -> None:
     path = write_gpt2_ggml(tmp_path / "cut.bin")
     path.write_bytes(path.read_bytes()[:100_000])
     info = inspect_model(path)
-    assert (info.architecture, info.context_length, info.parameters) == ("gpt2", 128, None)
-    assert info.notes[-1].startswith("The tensor table does not end where the file does")
+    meta = info.metadata
+    assert (info.architecture, meta.context_length, meta.parameters) == ("gpt2", 128, None)
+    assert meta.notes[-1].startswith("The tensor table does not end where the file does")
 
 
 @pytest.mark.parametrize(("variant", "version"), [(("ggmf", 1), "ggmf v1"),
@@ -149,10 +151,11 @@ def test_inspection_reads_the_llama_layouts(
     tmp_path: Path, variant: tuple[str, int], version: str
 ) -> None:
     info = inspect_model(write_llama_ggjt(tmp_path / "tiny.bin", "Q8_0", variant=variant))
-    assert (info.ggml_variant, info.quantization, info.context_length) == (version, "Q8_0", None)
+    meta = info.metadata
+    assert (meta.ggml_variant, meta.quantization, meta.context_length) == (version, "Q8_0", None)
     assert (info.architecture, info.architecture_source) == ("llama", "filename")
-    assert (info.layers, info.embedding, info.heads, info.tensor_count) == (2, 128, 4, 21)
-    assert info.parameters == llama_parameters(len(LLAMA_VOCAB), 128, 32, 2)
+    assert (meta.layers, meta.embedding, meta.heads, meta.tensor_count) == (2, 128, 4, 21)
+    assert meta.parameters == llama_parameters(len(LLAMA_VOCAB), 128, 32, 2)
 
 
 def test_current_gguf_is_refused_with_a_suggestion(

@@ -24,19 +24,20 @@ PICKLE_HINT = "Loading a pickle runs arbitrary code, so this app refuses it. Con
 
 def test_ggjt_file(tmp_path: Path) -> None:
     info = inspect_model(write_ggjt(tmp_path / "mistral-7b.ggmlv3.q4_0.bin"))
+    meta = info.metadata
     assert info.format == "ggml"
-    assert info.ggml_variant == "ggjt v3"
-    assert info.quantization == "Q4_0"
+    assert meta.ggml_variant == "ggjt v3"
+    assert meta.quantization == "Q4_0"
     assert info.backend == "ctransformers"
     assert (info.architecture, info.architecture_source) == ("mistral", "filename")
-    assert any("32 layers" in note for note in info.notes)
+    assert any("32 layers" in note for note in meta.notes)
 
 
 def test_unversioned_ggml_magic(tmp_path: Path) -> None:
     path = tmp_path / "old.bin"
     path.write_bytes((0x67676D6C).to_bytes(4, "little") + b"\x01\0\0\0" * 7)
     info = inspect_model(path)
-    assert (info.ggml_variant, info.architecture) == ("ggml", "llama")
+    assert (info.metadata.ggml_variant, info.architecture) == ("ggml", "llama")
 
 
 def test_torch_zip_checkpoint_refused(tmp_path: Path) -> None:
@@ -87,7 +88,8 @@ def test_missing_path(tmp_path: Path) -> None:
 def test_safetensors_file(tmp_path: Path) -> None:
     tensors = {"a": np.zeros((3, 5), dtype=np.float32), "b": np.zeros((100,), dtype=np.float16)}
     info = inspect_model(write_safetensors(tmp_path / "w.safetensors", tensors))
-    assert (info.format, info.parameters, info.dtype, info.tensor_count) == (
+    meta = info.metadata
+    assert (info.format, meta.parameters, meta.dtype, meta.tensor_count) == (
         "safetensors",
         115,
         "F16",
@@ -120,17 +122,23 @@ def test_safetensors_bad_json(tmp_path: Path) -> None:
 
 def test_hf_folder(tmp_path: Path) -> None:
     info = inspect_model(make_hf_folder(tmp_path / "tiny-llama"))
+    meta = info.metadata
     assert info.format == "hf-folder"
     assert (info.architecture, info.architecture_source) == ("llama", "metadata")
-    assert (info.name, info.context_length, info.parameters) == ("LlamaForCausalLM", 1024, 100)
-    assert (info.tokenizer, info.chat_template, info.shards, info.dtype) == (True, True, 1, "F16")
+    assert (meta.model_name, meta.context_length, meta.parameters) == (
+        "LlamaForCausalLM",
+        1024,
+        100,
+    )
+    assert (meta.tokenizer, meta.chat_template, meta.shards, meta.dtype) == (True, True, 1, "F16")
     assert info.backend == "transformers"
 
 
 def test_sharded_hf_folder(tmp_path: Path) -> None:
     info = inspect_model(make_hf_folder(tmp_path / "sharded", sharded=True, chat_template=False))
-    assert (info.shards, info.parameters, info.chat_template) == (2, 120, False)
-    assert "No chat template: chat uses a plain-text fallback." in info.notes
+    meta = info.metadata
+    assert (meta.shards, meta.parameters, meta.chat_template) == (2, 120, False)
+    assert "No chat template: chat uses a plain-text fallback." in meta.notes
 
 
 def test_hf_folder_missing_shard(tmp_path: Path) -> None:

@@ -26,36 +26,39 @@ from tests.helpers import write_gguf
 
 def test_demo_model_metadata(demo_model: Path) -> None:
     info = inspect_model(demo_model)
+    meta = info.metadata
     assert info.format == "gguf"
     assert info.architecture == "llama"
     assert info.architecture_source == "metadata"
-    assert info.parameters == 134_515_008
-    assert info.quantization == "Q4_1"
-    assert info.context_length == 8192
-    assert info.chat_template is True
+    assert meta.parameters == 134_515_008
+    assert meta.quantization == "Q4_1"
+    assert meta.context_length == 8192
+    assert meta.chat_template is True
     assert info.backend == "llama.cpp"
-    assert info.gguf_version == 3
+    assert meta.gguf_version == 3
     assert info.size_bytes == 98_362_432
-    assert info.tensor_count == 272
+    assert meta.tensor_count == 272
 
 
 def test_written_gguf(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "tiny.gguf", "qwen2", name="Tiny Qwen", context=4096, file_type=15)
     info = inspect_model(path)
-    assert (info.architecture, info.name, info.context_length) == ("qwen2", "Tiny Qwen", 4096)
-    assert info.quantization == "Q4_K_M"
-    assert info.parameters == 32 * 16 + 8 * 16
-    assert info.chat_template is True
-    assert info.notes == []
+    meta = info.metadata
+    assert (info.architecture, meta.model_name, meta.context_length) == ("qwen2", "Tiny Qwen", 4096)
+    assert meta.quantization == "Q4_K_M"
+    assert meta.parameters == 32 * 16 + 8 * 16
+    assert meta.chat_template is True
+    assert meta.notes == ()
 
 
 def test_base_model_without_template_and_file_type(tmp_path: Path) -> None:
     tensors = {"a": np.ones((64, 4), dtype=np.float16), "b": np.ones((2,), dtype=np.float32)}
     path = write_gguf(tmp_path / "base.gguf", file_type=None, chat_template=None, tensors=tensors)
     info = inspect_model(path)
-    assert info.chat_template is False
-    assert info.quantization == "F16"  # the type holding most weights
-    assert "No chat template is embedded: chat uses a plain-text fallback." in info.notes
+    meta = info.metadata
+    assert meta.chat_template is False
+    assert meta.quantization == "F16"  # the type holding most weights
+    assert "No chat template is embedded: chat uses a plain-text fallback." in meta.notes
 
 
 def test_architecture_falls_back_to_file_name(tmp_path: Path) -> None:
@@ -156,7 +159,8 @@ def test_gguf_v1_header(tmp_path: Path) -> None:
     path = tmp_path / "old.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<III", 1, 0, 1) + kv)
     info = inspect_model(path)
-    assert (info.gguf_version, info.architecture, info.parameters) == (1, "llama", 0)
+    meta = info.metadata
+    assert (meta.gguf_version, info.architecture, meta.parameters) == (1, "llama", 0)
 
 
 def _inspect(path: Path) -> ModelInfo | ModelFileError:
@@ -184,13 +188,18 @@ def test_arbitrary_bytes_never_crash(tmp_path: Path, version: int, data: bytes) 
         assert str(outcome).startswith("fuzz.gguf: ")
         assert len(str(outcome)) < 400
         return
-    assert version in (1, 2, 3) and outcome.gguf_version == version
+    assert version in (1, 2, 3) and outcome.metadata.gguf_version == version
     assert (outcome.format, outcome.size_bytes) == ("gguf", len(data) + 8)
-    assert outcome.tensor_count is not None and 0 <= outcome.tensor_count <= len(data)
-    assert outcome.parameters is not None and outcome.parameters >= 0
-    if outcome.tensor_count == 0:
-        assert outcome.parameters == 0
-        assert "The file has no tensors: it holds metadata only (a vocab file?)." in outcome.notes
+    assert outcome.metadata.tensor_count is not None and 0 <= outcome.metadata.tensor_count <= len(
+        data
+    )
+    assert outcome.metadata.parameters is not None and outcome.metadata.parameters >= 0
+    if outcome.metadata.tensor_count == 0:
+        assert outcome.metadata.parameters == 0
+        assert (
+            "The file has no tensors: it holds metadata only (a vocab file?)."
+            in outcome.metadata.notes
+        )
 
 
 @settings(
@@ -217,10 +226,13 @@ def test_flipped_byte_in_small_gguf(tmp_path: Path, offset: int, value: int) -> 
         assert str(outcome).startswith("flip.gguf: ")
     else:
         assert (outcome.format, outcome.size_bytes) == ("gguf", len(raw))
-        assert outcome.tensor_count is not None and outcome.tensor_count <= len(raw)
-        assert outcome.parameters is not None and outcome.parameters >= 0
+        assert outcome.metadata.tensor_count is not None and outcome.metadata.tensor_count <= len(
+            raw
+        )
+        assert outcome.metadata.parameters is not None and outcome.metadata.parameters >= 0
 
 
 def test_demo_model_geometry(demo_model: Path) -> None:
     info = inspect_model(demo_model)
-    assert (info.layers, info.embedding, info.heads, info.kv_heads) == (30, 576, 9, 3)
+    meta = info.metadata
+    assert (meta.layers, meta.embedding, meta.heads, meta.kv_heads) == (30, 576, 9, 3)

@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 from appliance.engine import Host
 from appliance.library.library import Library
 from appliance.library.model_info import ModelInfo
+from appliance.model_entry import ModelMetadata
 from appliance.paths import APP_ROOT
 from appliance.ui import chat_page, session
 from appliance.ui.services import services
@@ -246,7 +247,7 @@ def _fake_with_template(library: Library, name: str) -> str:
     path.write_text(json.dumps({"reply": "hi"}))
     info = ModelInfo(path=str(path), format="gguf", backend="llama.cpp", architecture="fake",
                      architecture_source="metadata", size_bytes=path.stat().st_size,
-                     chat_template=True)  # fmt: skip
+                     metadata=ModelMetadata(chat_template=True))  # fmt: skip
     return library.register(path, info=info).entry.id
 
 

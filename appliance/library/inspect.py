@@ -39,6 +39,7 @@ from appliance.library.gguf_header import (
     read_gguf_header,
 )
 from appliance.library.model_info import ModelInfo, guess_architecture
+from appliance.model_entry import ModelMetadata
 
 MODEL_SUFFIXES = (".gguf", ".bin", ".safetensors")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl")
@@ -87,18 +88,25 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         raise type(exc)(f"{path.name}: {exc}") from None
     meta = header.metadata
     arch = meta.get("general.architecture")
-    info = ModelInfo(
-        path=str(path),
-        format="gguf",
-        backend=default_backend("gguf"),
-        architecture=arch if isinstance(arch, str) and arch else guess_architecture(path.name),
-        architecture_source="metadata" if isinstance(arch, str) and arch else "filename",
-        size_bytes=header.file_size,
-        name=_str_or_none(meta.get("general.name")),
+    known = isinstance(arch, str) and bool(arch)
+    template = bool(meta.get("tokenizer.chat_template"))
+    notes = []
+    if not header.tensors:
+        notes.append("The file has no tensors: it holds metadata only (a vocab file?).")
+    if not template:
+        notes.append("No chat template is embedded: chat uses a plain-text fallback.")
+    return _info(
+        path,
+        "gguf",
+        arch if known else guess_architecture(path.name),
+        "metadata" if known else "filename",
+        header.file_size,
+        notes,
+        model_name=_str_or_none(meta.get("general.name")),
         parameters=sum(t.elements for t in header.tensors),
         quantization=_gguf_quantization(header),
         context_length=_int_or_none(meta.get(f"{arch}.context_length")),
-        chat_template=bool(meta.get("tokenizer.chat_template")),
+        chat_template=template,
         gguf_version=header.version,
         tensor_count=len(header.tensors),
         layers=_int_or_none(meta.get(f"{arch}.block_count")),
@@ -106,11 +114,18 @@ def _inspect_gguf(path: Path) -> ModelInfo:
         heads=_int_or_none(meta.get(f"{arch}.attention.head_count")),
         kv_heads=_int_or_none(meta.get(f"{arch}.attention.head_count_kv")),
     )
-    if not header.tensors:
-        info.notes.append("The file has no tensors: it holds metadata only (a vocab file?).")
-    if not info.chat_template:
-        info.notes.append("No chat template is embedded: chat uses a plain-text fallback.")
-    return info
+
+
+def _info(
+    path: Path, fmt: str, architecture: str, source: str, size: int, notes: list[str],
+    **facts: Any,
+) -> ModelInfo:  # fmt: skip
+    """The ModelInfo of a file of format fmt; facts are ModelMetadata's fields."""
+    return ModelInfo(
+        path=str(path), format=fmt, backend=default_backend(fmt), architecture=architecture,
+        architecture_source=source, size_bytes=size,
+        metadata=ModelMetadata(**facts, notes=tuple(notes)),
+    )  # fmt: skip
 
 
 def _gguf_quantization(header: GGUFHeader) -> str | None:
@@ -159,20 +174,14 @@ def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
     if len(fields) < 28:
         raise TruncatedModelFile(f"{path.name}: the GGML header ends early; copy it again.")
     n_vocab, n_embd, _mult, n_head, n_layer, n_rot, ftype = struct.unpack("<7i", fields)
-    info = ModelInfo(
-        path=str(path),
-        format="ggml",
-        backend=default_backend("ggml"),
-        architecture=guess_architecture(path.name),
-        architecture_source="filename",
-        size_bytes=path.stat().st_size,
-        ggml_variant=variant if version is None else f"{variant} v{version}",
-        quantization=_GGML_FTYPES.get(ftype & 0xFFFF),
-    )
-    info.notes.append(
+    facts: dict[str, Any] = {
+        "ggml_variant": variant if version is None else f"{variant} v{version}",
+        "quantization": _GGML_FTYPES.get(ftype & 0xFFFF),
+    }
+    notes = [
         "Legacy GGML headers do not record the architecture or the context length; the "
         "architecture is guessed from the file name. Converting to GGUF is recommended."
-    )
+    ]
     # llama.cpp's own layouts (n_rot = n_embd / n_head); other ggml examples differ.
     if (
         0 < n_embd < 1 << 20
@@ -180,19 +189,23 @@ def _ggml_info(path: Path, variant: str, head: bytes) -> ModelInfo:
         and 0 < n_head < 1 << 12
         and (n_rot * n_head == n_embd or variant != "ggml")
     ):
-        info.notes.append(
+        notes.append(
             f"llama hyper-parameters: vocab {n_vocab}, embedding {n_embd}, "
             f"{n_head} heads, {n_layer} layers."
         )
-        info.layers, info.embedding, info.heads = n_layer, n_embd, n_head
+        facts.update(layers=n_layer, embedding=n_embd, heads=n_head)
         if variant != "ggml":  # ggmf v1, ggjt v1-3: vocabulary with scores
             with path.open("rb") as fh:
                 fh.seek(offset + 28)
                 tensors = _ggml_tensor_table(fh, n_vocab, scores=True, align=variant == "ggjt")
             if tensors is not None:
-                info.parameters = sum(elements for _name, elements in tensors)
-                info.tensor_count = len(tensors)
-    return info
+                facts.update(_tensor_facts(tensors))
+    return _info(path, "ggml", guess_architecture(path.name), "filename", path.stat().st_size,
+                 notes, **facts)  # fmt: skip
+
+
+def _tensor_facts(tensors: list[tuple[str, int]]) -> dict[str, int]:
+    return {"parameters": sum(n for _name, n in tensors), "tensor_count": len(tensors)}
 
 
 def _gpt2_layout_info(path: Path) -> ModelInfo | None:
@@ -217,34 +230,31 @@ def _gpt2_layout_info(path: Path) -> ModelInfo | None:
         fh.seek(start)
         tensors = _ggml_tensor_table(fh, n_vocab, scores=False, align=False)
     starcoder = guess_architecture(path.name) == "starcoder"
-    info = ModelInfo(
-        path=str(path),
-        format="ggml",
-        backend=default_backend("ggml"),
-        architecture="starcoder" if starcoder else "gpt2",
-        architecture_source="filename" if starcoder else "metadata",
-        size_bytes=path.stat().st_size,
+    notes = [
+        f"ggml gpt-2 layout: vocab {n_vocab}, context {n_ctx}, embedding {n_embd}, "
+        f"{n_head} heads, {n_layer} layers. GPT-2 and StarCoder files share this layout; "
+        "the file name tells them apart. Converting to GGUF is recommended."
+    ]
+    if tensors is None:
+        notes.append(
+            "The tensor table does not end where the file does: the file may be truncated "
+            "or use an old quantisation, so the parameter count is not known."
+        )
+    return _info(
+        path,
+        "ggml",
+        "starcoder" if starcoder else "gpt2",
+        "filename" if starcoder else "metadata",
+        path.stat().st_size,
+        notes,
         ggml_variant="ggml",
         quantization=_GGML_FTYPES.get(ftype % 1000),
         context_length=n_ctx,
         layers=n_layer,
         embedding=n_embd,
         heads=n_head,
+        **(_tensor_facts(tensors) if tensors is not None else {}),
     )
-    info.notes.append(
-        f"ggml gpt-2 layout: vocab {n_vocab}, context {n_ctx}, embedding {n_embd}, "
-        f"{n_head} heads, {n_layer} layers. GPT-2 and StarCoder files share this layout; "
-        "the file name tells them apart. Converting to GGUF is recommended."
-    )
-    if tensors is None:
-        info.notes.append(
-            "The tensor table does not end where the file does: the file may be truncated "
-            "or use an old quantisation, so the parameter count is not known."
-        )
-    else:
-        info.parameters = sum(elements for _name, elements in tensors)
-        info.tensor_count = len(tensors)
-    return info
 
 
 def _ggml_tensor_table(
@@ -371,23 +381,14 @@ def _dominant_dtype(table: dict[str, Any]) -> str | None:
 
 def _inspect_safetensors_file(path: Path) -> ModelInfo:
     table, params = read_safetensors_header(path)
-    info = ModelInfo(
-        path=str(path),
-        format="safetensors",
-        backend=default_backend("safetensors"),
-        architecture=guess_architecture(path.name),
-        architecture_source="filename",
-        size_bytes=path.stat().st_size,
-        parameters=params,
-        dtype=_dominant_dtype(table),
-        tensor_count=len(table),
-    )
-    info.quantization = info.dtype
-    info.notes.append(
+    dtype = _dominant_dtype(table)
+    notes = [
         "A single .safetensors file has no config.json or tokenizer: import the whole "
         "Hugging Face folder to chat with it."
-    )
-    return info
+    ]
+    return _info(path, "safetensors", guess_architecture(path.name), "filename",
+                 path.stat().st_size, notes, parameters=params, quantization=dtype,
+                 dtype=dtype, tensor_count=len(table))  # fmt: skip
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -414,27 +415,35 @@ def _inspect_folder(folder: Path) -> ModelInfo:
     shards = _weight_shards(folder)
     tables = [read_safetensors_header(shard) for shard in shards]
     model_type = config.get("model_type")
+    known = isinstance(model_type, str) and bool(model_type)
     archs = config.get("architectures") or []
-    info = ModelInfo(
-        path=str(folder),
-        format="hf-folder",
-        backend=default_backend("hf-folder"),
-        architecture=model_type
-        if isinstance(model_type, str) and model_type
-        else guess_architecture(folder.name),
-        architecture_source="metadata"
-        if isinstance(model_type, str) and model_type
-        else "filename",
-        size_bytes=sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-        name=archs[0] if archs and isinstance(archs[0], str) else folder.name,
+    dtype = _dominant_dtype({k: v for table, _ in tables for k, v in table.items()})
+    quant = config.get("quantization_config")
+    quantization = str(quant.get("quant_method", "quantized")) if isinstance(quant, dict) else dtype
+    tokenizer = any(
+        (folder / n).is_file()
+        for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+    )
+    template = _folder_has_chat_template(folder)
+    notes = []
+    if not tokenizer:
+        notes.append("No tokenizer files found: the transformers backend cannot load it.")
+    if not template:
+        notes.append("No chat template: chat uses a plain-text fallback.")
+    return _info(
+        folder,
+        "hf-folder",
+        model_type if known else guess_architecture(folder.name),
+        "metadata" if known else "filename",
+        sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        notes,
+        model_name=archs[0] if archs and isinstance(archs[0], str) else folder.name,
         parameters=sum(params for _, params in tables),
-        dtype=_dominant_dtype({k: v for table, _ in tables for k, v in table.items()}),
+        quantization=quantization,
+        dtype=dtype,
         context_length=_int_or_none(_config_value(config, "max_position_embeddings")),
-        tokenizer=any(
-            (folder / n).is_file()
-            for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
-        ),
-        chat_template=_folder_has_chat_template(folder),
+        tokenizer=tokenizer,
+        chat_template=template,
         shards=len(shards),
         tensor_count=sum(len(table) for table, _ in tables),
         layers=_int_or_none(_config_value(config, "num_hidden_layers", "n_layer")),
@@ -442,15 +451,6 @@ def _inspect_folder(folder: Path) -> ModelInfo:
         heads=_int_or_none(_config_value(config, "num_attention_heads", "n_head")),
         kv_heads=_int_or_none(_config_value(config, "num_key_value_heads")),
     )
-    quant = config.get("quantization_config")
-    info.quantization = (
-        str(quant.get("quant_method", "quantized")) if isinstance(quant, dict) else info.dtype
-    )
-    if not info.tokenizer:
-        info.notes.append("No tokenizer files found: the transformers backend cannot load it.")
-    if not info.chat_template:
-        info.notes.append("No chat template: chat uses a plain-text fallback.")
-    return info
 
 
 def _weight_shards(folder: Path) -> list[Path]:

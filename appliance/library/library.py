@@ -342,7 +342,7 @@ class Library:
             path=stored, external=external, format=info.format, backend=chosen,
             architecture=info.architecture, architecture_source=info.architecture_source,
             size_bytes=info.size_bytes, mtime=mtime, status="present", problem=None,
-            metadata=info.metadata(),
+            metadata=info.metadata,
         )  # fmt: skip
         with self.registry.transaction() as data:
             old, change = data.find_by_path(stored), Change.UPDATED

@@ -1,51 +1,34 @@
 """ModelInfo: what inspection reads from one model's own header, before it is registered.
 
-Inspection fills it in step by step; `metadata()` is the part a registry entry keeps
-(appliance.model_entry.ModelMetadata, whose fields these mirror).
+Its `metadata` is what a registry entry keeps (appliance.model_entry.ModelMetadata); the
+rest (path, format, backend, architecture, size) becomes the entry's own fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from appliance.model_entry import ModelMetadata
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelInfo:
-    """Metadata of a model file or folder. Fields are None when the format lacks them."""
+    """What a model file or folder is, read from its own header."""
 
     path: str
     format: str
-    backend: str
+    backend: str  # the format's default backend (appliance.capabilities)
     architecture: str
     architecture_source: str  # "metadata" or "filename"
     size_bytes: int
-    name: str | None = None
-    parameters: int | None = None
-    quantization: str | None = None
-    dtype: str | None = None
-    context_length: int | None = None
-    chat_template: bool | None = None
-    tokenizer: bool | None = None
-    gguf_version: int | None = None
-    ggml_variant: str | None = None
-    shards: int | None = None
-    tensor_count: int | None = None
-    layers: int | None = None
-    embedding: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
-    notes: list[str] = field(default_factory=list)
+    metadata: ModelMetadata = field(default_factory=ModelMetadata)  # what a registry entry keeps
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def metadata(self) -> ModelMetadata:
-        """The header's facts as a registry entry stores them (`name` is `model_name`)."""
-        values = {f.name: getattr(self, f.name, None) for f in fields(ModelMetadata)}
-        return ModelMetadata(**values | {"model_name": self.name, "notes": tuple(self.notes)})
+        """Flat, for `appliance models inspect`: the header's model name is `name`."""
+        head = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metadata"}
+        facts = self.metadata.to_json(every_key=True)
+        return head | {"name": facts.pop("model_name")} | facts
 
 
 def guess_architecture(filename: str) -> str:

@@ -14,6 +14,7 @@ from appliance.engine.remote import list_remote_models
 from appliance.errors import ApplianceError
 from appliance.library.importer import DuplicateModel, Upload, import_path
 from appliance.library.inspect import inspect_model
+from appliance.library.model_info import ModelInfo
 from appliance.model_entry import ModelEntry
 from appliance.ui import session
 from appliance.ui.guard import guarded
@@ -136,15 +137,16 @@ def _use_existing(dup: dict[str, Any]) -> None:
                "Load it from the Library or the Chat page.")  # fmt: skip
 
 
-def show_info(info: Any) -> None:
+def show_info(info: ModelInfo) -> None:
     """What the header says, before the user confirms."""
+    meta = info.metadata
     st.success(
-        f"**{info.name or Path(info.path).name}** — {info.format}, {info.architecture} "
-        f"({info.architecture_source}), {fmt.params(info.parameters)} parameters, "
-        f"{info.quantization or info.dtype or '—'}, context {info.context_length or '—'}, "
-        f"{fmt.size(info.size_bytes)}, chat template: {'yes' if info.chat_template else 'no'}."
+        f"**{meta.model_name or Path(info.path).name}** — {info.format}, {info.architecture} "
+        f"({info.architecture_source}), {fmt.params(meta.parameters)} parameters, "
+        f"{meta.quantization or meta.dtype or '—'}, context {meta.context_length or '—'}, "
+        f"{fmt.size(info.size_bytes)}, chat template: {'yes' if meta.chat_template else 'no'}."
     )
-    for note in info.notes:
+    for note in meta.notes:
         st.caption(note)
 
 

@@ -66,7 +66,7 @@ def gguf_geometry(path: Path) -> tuple[int | None, int | None]:
         info = inspect_model(path)
     except (ModelFileError, OSError):
         return None, None  # llama.cpp itself then says what is wrong with the file
-    return info.context_length, kv_cache_bytes(info.metadata(), 1) or None
+    return info.metadata.context_length, kv_cache_bytes(info.metadata, 1) or None
 
 
 class LlamaCppBackend(Backend):
