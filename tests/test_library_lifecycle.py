@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from appliance.errors import ImportRefused, RegistryCorrupt, UnknownModel
-from appliance.library.library import DropInProblem, Library
-from appliance.library.registry import SCHEMA
+from appliance.library.library import Change, DropInProblem, Library
+from appliance.library.registry import SCHEMA, Registry
+from appliance.model_entry import ModelEntry
 from tests.helpers import write_gguf
 
 TRUNCATED = (
@@ -33,11 +34,45 @@ def _settled(path: Path, age_s: float = 60.0) -> Path:
     return path
 
 
-def _add(library: Library, name: str = "m0") -> tuple[dict, Path, bytes]:
+def _add(library: Library, name: str = "m0") -> tuple[ModelEntry, Path, bytes]:
     path = _settled(write_gguf(library.paths.models / f"{name}.gguf"))
     entry = library.register(path).entry
     library.hasher.join()
     return library.get(entry.id), path, path.read_bytes()
+
+
+# -- what registering did is said, not worked out again ------------------------------------
+def test_register_says_what_happened(library: Library) -> None:
+    path = write_gguf(library.paths.models / "m.gguf")
+    first = library.register(path)
+    assert (first.change, first.entry.id) == (Change.ADDED, "m")
+    assert library.register(path).change is Change.UNCHANGED
+    assert library.register(path, name="Renamed").change is Change.UPDATED
+    (library.paths.models / "sub").mkdir()
+    moved = path.rename(library.paths.models / "sub" / "m.gguf")
+    assert library.mark_missing(path) == ["m"]
+    again = library.register(moved)
+    assert (again.change, again.entry.id, again.entry.path) == (Change.MOVED, "m", "sub/m.gguf")
+    moved.rename(path)
+    assert library.recheck("m").change is Change.MISSING
+    assert library.take_in(path).change is Change.MOVED  # back where it was first
+    library.remove("m")
+    assert library.take_in(path).change is Change.HIDDEN
+
+
+def test_a_dropped_file_reads_the_registry_twice(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once to see whether it is registered or hidden, once in the transaction that adds
+    it (hashing, later and in the background, reads it again to store the sha256)."""
+    library.register(_settled(write_gguf(library.paths.models / "old.gguf")))
+    library.hasher.join()
+    monkeypatch.setattr(library.hasher, "submit", lambda _model_id: None)
+    reads = []
+    load = Registry.load
+    monkeypatch.setattr(Registry, "load", lambda self: reads.append(1) or load(self))
+    outcome = library.take_in(write_gguf(library.paths.models / "new.gguf"))
+    assert (outcome.change, len(reads)) == (Change.ADDED, 2)
 
 
 # -- 9.3: a removed model stays hidden --------------------------------------------------
