@@ -377,6 +377,21 @@ def messages(page: Page):
     return page.get_by_test_id("stChatMessage")
 
 
+def reply_streaming(page: Page, index: int, chars: int = 3, timeout_ms: int = 90_000) -> None:
+    """Wait until message index holds reply text (not only a "Loading…" or queue notice)."""
+    page.wait_for_function(
+        """([i, n]) => {
+            const m = document.querySelectorAll('[data-testid="stChatMessage"]')[i];
+            if (!m) return false;
+            const parts = [...m.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+                .filter(e => !e.closest('[data-testid="stAlert"]'));
+            return parts.map(e => e.innerText).join("").trim().length >= n;
+        }""",
+        arg=[index, chars],
+        timeout=timeout_ms,
+    )
+
+
 def choose(page: Page, label: str, option: str | re.Pattern[str]) -> None:
     """Pick option in the select box called label (once the page is idle: a rerun
     redraws the box and closes its list)."""
