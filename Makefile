@@ -1,8 +1,11 @@
 # The two set-up commands of the README: `make run` and `make test`.
-# Both create or update .venv, install the project with every extra, and put the
-# demo model into models/ when it is absent. A second run takes seconds: the
-# install is skipped while pyproject.toml is unchanged, and pip's wheel cache keeps
-# the compiled llama-cpp-python wheel (never pass --no-cache-dir).
+# Both create or update .venv, install the project with every extra, build llama.cpp's
+# own server (llama-server, with llama-bench and llama-batched-bench) and put the demo
+# model into models/ when it is absent. A second run takes seconds: the install is
+# skipped while pyproject.toml is unchanged, pip's wheel cache keeps the compiled
+# llama-cpp-python wheel (never pass --no-cache-dir), and scripts/build-llama-server
+# keeps its build in ~/.cache/offline-llm-switcher/llama-server/ (linked at
+# .venv/llama-server).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -10,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := llama,legacy,transformers,dev
 
-.PHONY: run test install demo-model browser-deps lint container-smoke
+.PHONY: run test install llama-server demo-model browser-deps lint container-smoke
 
 run: install demo-model
 	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
@@ -21,13 +24,21 @@ test: install demo-model browser-deps
 	$(PY) -m pytest
 	$(MAKE) container-smoke
 
-install: $(STAMP)
+install: $(STAMP) llama-server
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Compiled at nice 19 with at most 2 jobs (LLAMA_BUILD_JOBS); cached, so a second run
+# only checks the cache. cmake comes from PyPI where the system has none (ninja is in
+# the dev extra).
+llama-server: $(STAMP)
+	@command -v cmake >/dev/null || test -x $(VENV)/bin/cmake || \
+		$(PY) -m pip install --quiet 'cmake==3.31.10'
+	$(PY) scripts/build-llama-server --link $(VENV)/llama-server
 
 demo-model: install
 	$(PY) scripts/fetch-demo-model
