@@ -12,6 +12,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := llama,legacy,transformers,dev
+# llama-cpp-python compiles llama.cpp with -march=native. Its AMX kernels crash
+# (SIGSEGV in ggml_backend_amx_mul_mat) on Sapphire Rapids hosts whose kernel or
+# hypervisor does not grant AMX state, so they are left out; AVX-512 stays on.
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+	-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
 
 .PHONY: run test install llama-server demo-model browser-deps lint container-smoke
 
@@ -29,7 +34,7 @@ install: $(STAMP) llama-server
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 # Compiled at nice 19 with at most 2 jobs (LLAMA_BUILD_JOBS); cached, so a second run
