@@ -609,8 +609,9 @@ def test_import_page_every_route(
         expect(panel.get_by_text(re.compile("broken.gguf")).first).to_be_visible(timeout=20_000)
         page.wait_for_timeout(5000)  # a few refreshes of the panel
         lines = [t for t in panel.get_by_test_id("stText").all_inner_texts() if "broken.gguf" in t]
-        assert len(lines) == 1, f"the rejection is printed {len(lines)} times: {lines}"
-        assert lines[0].count("broken.gguf") == 1, lines[0]
+        with soft("9.8 each drop-in event is printed once"):
+            assert len(lines) == 1, f"the rejection is printed {len(lines)} times: {lines}"
+            assert lines[0].count("broken.gguf") == 1, lines[0]
         shot(page, "import-drop-in")
 
         # Everything is in the Library; the remote model loads and answers through /v1.
