@@ -171,6 +171,34 @@ def test_counts_and_regenerate_match_what_is_stored(model: str, unlocked) -> Non
     assert len(unlocked.history.messages(model, conv.id).messages) == 4
 
 
+def _sent_label(app: AppTest, model_id: str) -> str | None:
+    """The label the browser is told to show, if this run set the selector's value."""
+    proto = _bar(app, model_id).proto
+    return proto.raw_value if proto.set_value else None
+
+
+def test_the_bar_sends_a_new_label_for_the_open_conversation(model: str, unlocked) -> None:
+    """Issue 10.6: the browser keeps the label it was sent while the options are the same
+    ids, so after Rename, Clear or a new reply the bar showed the old title or count (and
+    sent that stale label back, which opened the latest conversation instead)."""
+    app = _app(unlocked)
+    _send(app, "One")
+    (conv,) = unlocked.history.conversations(model)
+    assert _sent_label(app, model) == "One · 2 messages"
+    _send(app, "Two")
+    assert _sent_label(app, model) == "One · 4 messages"
+    app.run()
+    assert _sent_label(app, model) is None  # nothing changed: nothing is sent again
+    app.text_input(key=f"title-{conv.id}").input("Capitals")
+    app.button(key=f"rename-{conv.id}").click().run()
+    assert unlocked.history.conversations(model)[0].title == "Capitals"
+    assert _sent_label(app, model) == "Capitals · 4 messages"
+    app.checkbox(key=f"sure-{conv.id}").check().run()
+    app.button(key=f"clear-{conv.id}").click().run()
+    assert _sent_label(app, model) == "Capitals · 0 messages"
+    assert _bar(app, model).value == conv.id
+
+
 def test_regenerate_takes_the_old_reply_off_the_screen(
     model: str, unlocked, monkeypatch: pytest.MonkeyPatch
 ) -> None:

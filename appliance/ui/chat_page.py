@@ -139,9 +139,15 @@ def _conversation_bar(history, entry: ModelEntry) -> str | None:
     convs = history.conversations(model_id)
     key = f"conv-{model_id}"
     ids = [c.id for c in convs]
+    shown_key = f"conv-shown-{model_id}"  # (id, label) the browser was last sent
+    shown = st.session_state.get(shown_key)
     opened = st.session_state.pop(f"conv-open-{model_id}", None)  # see _start_conversation
     if opened in ids:
         st.session_state[key] = opened
+    if st.session_state.get(key) not in (*ids, NEW) and shown and shown[0] in ids:
+        # The browser sent a label that is no longer an option (a stale screen): the
+        # conversation it meant is still the one open.
+        st.session_state[key] = shown[0]
     if st.session_state.get(key) not in (*ids, NEW):
         st.session_state[key] = ids[0] if ids else NEW  # the latest resumes by itself
     if not ids:
@@ -157,9 +163,15 @@ def _conversation_bar(history, entry: ModelEntry) -> str | None:
         return f"{conv.title or 'Untitled'} · {count} message{'' if count == 1 else 's'}"
 
     options = [NEW, *ids] if st.session_state[key] == NEW else ids
+    chosen = st.session_state[key]
+    if shown and shown[0] == chosen and shown[1] != label(chosen):
+        # Same conversation, new label (renamed, cleared, a reply added): the browser keeps
+        # the label it was sent until the value is set again, and would send it back.
+        st.session_state[key] = chosen
     cols = st.columns([4, 1, 1], vertical_alignment="bottom")
     conv_id = cols[0].selectbox("Conversation", options, key=key, label_visibility="collapsed",
                                 format_func=label, persist_state="session")  # fmt: skip
+    st.session_state[shown_key] = (conv_id, label(conv_id))
     cols[1].button("New", width="stretch", key=f"new-{model_id}", on_click=_start_draft,
                    args=(key,), help="Start a new conversation; it is saved with its first "
                    "message.")  # fmt: skip
