@@ -68,6 +68,27 @@ def test_import_from_path_with_inferred_defaults(run_page, tmp_path: Path) -> No
     assert Library().get("outside").path == "outside.gguf"
 
 
+def test_the_path_form_starts_afresh_after_an_import(run_page, tmp_path: Path) -> None:
+    """The display name and backend of one import were kept for the next one."""
+    source = write_gguf(tmp_path / "outside.gguf", "qwen2", name="Outside")
+    app = run_page("import")
+    app.text_input(key="import-path").input(str(source)).run()
+    app.text_input(key="import-name").input("Outside model")
+    app.text_input(key="import-arch").input("qwen2")
+    app.selectbox(key="import-backend").select("llama.cpp").run()
+    app.button(key="import-go").click().run()
+    assert not app.error
+    assert app.success[0].value.startswith(
+        "Added **Outside model** (id `outside-model`, llama.cpp)."
+    )
+    for key in ("import-path", "import-name", "import-arch"):
+        widget = app.text_input(key=key)
+        assert widget.value == ""
+        assert widget.proto.set_value  # the browser is sent the empty value too
+    assert app.selectbox(key="import-backend").value == "(infer from the file)"
+    assert app.selectbox(key="import-backend").proto.set_value
+
+
 def test_import_bad_path_and_bad_file(run_page, tmp_path: Path) -> None:
     app = run_page("import")
     app.text_input(key="import-path").input("/nowhere/model.gguf").run()
@@ -308,3 +329,14 @@ def test_drop_in_log_prints_each_event_once(run_page, appliance_home: Path) -> N
         "registered a.gguf",
         "rejected   text.gguf",
     ]
+
+
+def test_a_remote_model_is_not_hashing_for_ever(appliance_home: Path) -> None:
+    """A model on an OpenAI-compatible server has no file to hash."""
+    from appliance import hardware
+    from appliance.ui.library_page import rows
+
+    library = Library()
+    library.add_remote("http://127.0.0.1:9/v1", "far-away")
+    [row] = rows(library.entries(), hardware.snapshot(), {})
+    assert row["sha256"] == "remote"

@@ -95,6 +95,8 @@ def _fresh_entries(library) -> list[ModelEntry]:
 def _sha_cell(entry: ModelEntry) -> str:
     if entry.sha256:
         return entry.sha256[:12]
+    if entry.is_remote:
+        return "remote"
     return "hashing…" if entry.status == "present" else "-"
 
 

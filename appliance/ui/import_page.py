@@ -22,6 +22,7 @@ from appliance.ui.services import services
 
 MODES = {"copy": "Copy into models/", "link": "Hard link into models/", "in-place": "Use in place"}
 INFER = "(infer from the file)"
+IMPORTED = "import-done"  # what the last import from a path added, shown after its rerun
 
 
 @guarded
@@ -56,6 +57,13 @@ def _choices(key: str, info: Any | None) -> dict[str, Any]:
 def _from_path() -> None:
     st.caption("Any size. Type the path of a .gguf file, a legacy GGML .bin, or a Hugging "
                "Face folder on the machine running this app.")  # fmt: skip
+    done = st.session_state.pop(IMPORTED, None)
+    if done:
+        # The last import succeeded: the form starts afresh (set, not deleted, so the
+        # browser is sent the empty values), and says what was added.
+        st.session_state.update({"import-path": "", "import-name": "", "import-arch": "",
+                                 "import-backend": INFER})  # fmt: skip
+        st.success(done)
     raw = st.text_input("Path", key="import-path", placeholder="/media/usb/model.Q4_K_M.gguf")
     info = None
     if raw.strip():
@@ -95,7 +103,8 @@ def _import_from_path(
         st.error(str(exc))
     else:
         bar.progress(1.0, text="Done")
-        _imported(entry)
+        st.session_state[IMPORTED] = _imported_text(entry)
+        st.rerun()  # redraws the form empty (its widgets exist in this run already)
 
 
 def _remember_duplicate(kind: str, source: str, dup: DuplicateModel) -> None:
@@ -150,9 +159,13 @@ def show_info(info: ModelInfo) -> None:
         st.caption(note)
 
 
-def _imported(entry: ModelEntry) -> None:
+def _imported_text(entry: ModelEntry) -> str:
     sha = entry.sha256 or "being computed in the background"
-    st.success(f"Added **{entry.name}** (id `{entry.id}`, {entry.backend}). sha256: `{sha}`")
+    return f"Added **{entry.name}** (id `{entry.id}`, {entry.backend}). sha256: `{sha}`"
+
+
+def _imported(entry: ModelEntry) -> None:
+    st.success(_imported_text(entry))
 
 
 def _upload() -> None:

@@ -37,10 +37,19 @@ def rows(
             "Size": fmt.size(e.size_bytes),
             "Memory": hardware.fit(e, hw),
             "Chats": conversations.get(e.id, 0),
-            "sha256": e.sha256[:10] + "…" if e.sha256 else "hashing…",
+            "sha256": _sha_cell(e),
         }
         for e in entries
     ]
+
+
+def _sha_cell(entry: ModelEntry) -> str:
+    """A remote model has no file to hash; a missing or damaged one is not being hashed."""
+    if entry.sha256:
+        return entry.sha256[:10] + "…"
+    if entry.is_remote:
+        return "remote"
+    return "hashing…" if entry.status == "present" else "—"
 
 
 def _model_summary(entry: ModelEntry) -> str:
