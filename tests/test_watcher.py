@@ -238,6 +238,28 @@ def test_each_rejected_drop_in_is_reported_once(watcher: DropInWatcher, library:
     assert (models / "text.gguf").read_text() == "not a model"
 
 
+def test_an_event_during_the_check_does_not_report_it_again(
+    inotify_watcher: DropInWatcher, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9.8: an event on the same, unchanged file that arrives while the watcher reads it
+    (the copy's last close or chmod) queued it again: the rejection was printed twice,
+    a settle time apart."""
+    take_in = library.take_in
+
+    def late_event(candidate: Path):
+        inotify_watcher.touch(candidate)  # what the observer thread may do meanwhile
+        return take_in(candidate)
+
+    monkeypatch.setattr(library, "take_in", late_event)
+    models = library.paths.models
+    (models / "text.gguf").write_text("not a model")
+    assert wait_for(lambda: _events_for(inotify_watcher, "text.gguf"))
+    time.sleep(inotify_watcher.settle_s + 1.0)
+    assert _events_for(inotify_watcher, "text.gguf") == [
+        "rejected   text.gguf: This file does not start with the GGUF magic number."
+    ]
+
+
 def test_truncated_registered_file_is_marked_damaged(
     watcher: DropInWatcher, library: Library
 ) -> None:

@@ -212,9 +212,19 @@ class DropInWatcher:
             if self._pending.get(candidate, (None, None))[0] != sig:
                 return
             self._pending.pop(candidate, None)
-        self._decide(candidate)
-        with self._lock:
+            if candidate in self._decided and self._decided[candidate] == sig:
+                return  # the startup scan decided this version already
+            # Decided before the outcome is known: an event that arrives while take_in
+            # reads the file (the copy's last close or chmod, say) must not queue the same
+            # version again, or its outcome is reported a second time a settle later.
             self._decided[candidate] = sig
+        try:
+            self._decide(candidate)
+        except BaseException:
+            with self._lock:
+                if self._decided.get(candidate) == sig:
+                    del self._decided[candidate]  # not decided after all: a later event retries
+            raise
 
     def _decide(self, candidate: Path) -> None:
         """Take in a candidate whose copy has finished, and say what happened."""
