@@ -162,6 +162,8 @@ def test_startup_scan_catches_up(library: Library) -> None:
         # ...except a file modified just now, which may still be copying: it waits.
         assert by_path(library, "new.gguf") is None
         assert wait_for(lambda: by_path(library, "new.gguf"), timeout=3)
+        # The watcher reports an outcome just after the registry holds it: wait for it.
+        assert wait_for(lambda: len(w.events) >= 3, timeout=3)
         assert [e.action for e in w.events] == [
             "missing",
             "registered",
