@@ -62,4 +62,9 @@ else:
         engine_controls.active_model_panel()
         session.idle_lock_watch()
         session.refresh_watch()
-st.navigation(pages, position=position).run()
+navigation = st.navigation(pages, position=position)
+if position == "sidebar":
+    # What the unlock did or found, once, above whichever page the unlock lands on
+    # (a deep link may land on the Library rather than the chat).
+    guarded(session.show_unlock_notices)()
+navigation.run()

@@ -40,7 +40,6 @@ def render() -> None:
     unlocked = session.unlocked()
     if unlocked is None:
         st.rerun()
-    session.show_unlock_notices()
     svc = services()
     every = svc.library.entries()
     entries = [e for e in every if e.status == "present"]
