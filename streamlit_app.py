@@ -2,8 +2,9 @@
 
 Until this browser session has unlocked the vault, every address shows the unlock page
 (the other pages' code is never passed to st.navigation, so it cannot be reached, even
-by URL); after unlocking, the page that was asked for opens. Every page is wrapped in
-ui.guard.guarded, so no error reaches Streamlit's generic exception box. The one
+by URL); after unlocking, the page that was asked for opens. Every page's render (and
+the notices shown here) is wrapped in ui.guard.guarded, so no error reaches Streamlit's
+generic exception box. The one
 st.cache_resource object (appliance.ui.services) holds the library, its drop-in watcher,
 the engine host and the vault's settings; it is shared by every browser session and
 thread-safe. The unlocked key lives only in st.session_state.
@@ -47,14 +48,14 @@ if session.unlocked() is None:
     # "Page not found", but each shows the unlock page. Once unlocked, the rerun lands
     # on the page that was asked for.
     pages = [
-        st.Page(guarded(unlock_page.render), title="Unlock", url_path="unlock", default=True),
-        *(st.Page(guarded(functools.partial(unlock_page.render, title)), title=title,
+        st.Page(unlock_page.render, title="Unlock", url_path="unlock", default=True),
+        *(st.Page(functools.partial(unlock_page.render, title), title=title,
                   url_path=path, visibility="hidden") for _, title, path in PAGES),
     ]  # fmt: skip
     position = "hidden"
 else:
     pages = [
-        st.Page(guarded(render), title=title, url_path=path, default=path == "chat")
+        st.Page(render, title=title, url_path=path, default=path == "chat")
         for render, title, path in PAGES
     ]
     position = "sidebar"

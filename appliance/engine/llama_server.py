@@ -54,7 +54,7 @@ from appliance.engine.errors import (
     ModelLoadError,
     WorkerCrashed,
 )
-from appliance.engine.process import _SIGNAL_HINTS
+from appliance.engine.process import describe_returncode
 from appliance.offline import OFFLINE_ENV
 
 BINARY_ENV = "APPLIANCE_LLAMA_SERVER"
@@ -414,10 +414,7 @@ class LlamaServer:
             code = self._proc.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             return "still running"
-        if code < 0:
-            sig = signal.Signals(-code)
-            return f"{sig.name}: {_SIGNAL_HINTS.get(sig, 'killed by a signal')}"
-        return f"exit code {code}"
+        return describe_returncode(code)
 
     def client(self, timeout_s: float = 300.0) -> LlamaClient:
         """An HTTP client for this server (cheap: one connection per request)."""
@@ -586,11 +583,7 @@ class LlamaClient:
             raise self._lost(exc) from None
         finally:
             resp.close()
-        text = raw.decode("utf-8", "replace")
-        try:
-            return resp.status, json.loads(text)
-        except ValueError:
-            return resp.status, text
+        return resp.status, _loads(raw)
 
     def _json(self, method: str, path: str, payload: Any = None) -> Any:
         status, body = self.request(method, path, payload)
@@ -646,12 +639,7 @@ class LlamaClient:
         resp = self._open("POST", path, payload)
         try:
             if resp.status >= 400:
-                text = resp.read().decode("utf-8", "replace")
-                try:
-                    body: Any = json.loads(text)
-                except ValueError:
-                    body = text
-                raise _http_error(path, resp.status, body)
+                raise _http_error(path, resp.status, _loads(resp.read()))
             finished = False
             while True:
                 try:

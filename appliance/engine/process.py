@@ -31,6 +31,14 @@ _SIGNAL_HINTS = {
 }
 
 
+def describe_returncode(code: int) -> str:
+    """A process's exit status for the user: 'SIGKILL: killed; ...' or 'exit code 1'."""
+    if code < 0:
+        sig = signal.Signals(-code)
+        return f"{sig.name}: {_SIGNAL_HINTS.get(sig, 'killed by a signal')}"
+    return f"exit code {code}"
+
+
 class WorkerDied(Exception):
     """The worker's connection closed: the process has exited or been killed."""
 
@@ -96,11 +104,7 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             return "its connection closed"
         self._drain.join(timeout=1)  # its last words may still be in the pipe
-        if code < 0:
-            sig = signal.Signals(-code)
-            text = f"{sig.name}: {_SIGNAL_HINTS.get(sig, 'killed by a signal')}"
-        else:
-            text = f"exit code {code}"
+        text = describe_returncode(code)
         last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
         return f"{text}; last output: {last[:300]}" if last else text
 

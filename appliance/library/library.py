@@ -178,10 +178,11 @@ class Library:
         data: the registry as already read, if the caller has it.
         """
         key = self._key(path)
-        sig = signature(path)
-        for record in (data or self.registry.load()).hidden:
+        records = [r for r in (data or self.registry.load()).hidden if r.entry.path == key]
+        sig = signature(path) if records else None
+        for record in records:
             entry = record.entry
-            if entry.path != key or sig is None or sig.size != entry.size_bytes:
+            if sig is None or sig.size != entry.size_bytes:
                 continue
             if entry.mtime == sig.mtime_ns:
                 return entry

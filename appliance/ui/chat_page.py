@@ -29,6 +29,7 @@ from appliance.ui import engine_controls, session
 from appliance.ui.guard import guarded
 from appliance.ui.library_page import setting_inputs
 from appliance.ui.services import services
+from appliance.vault.history import is_recovered_id
 
 NEW = "new"  # the conversation selector's value for a draft not yet stored
 REGENERATE = "chat-regenerate"  # conversation id whose last reply is to be replaced
@@ -202,6 +203,8 @@ def _start_conversation(history, entry: ModelEntry, prompt: str) -> str:
 def _keep_recovered(history, entry: ModelEntry, conv_id: str) -> str:
     """The id to write to: a recovered conversation (messages found without their
     header) is kept as a regular one first, since the user is continuing it."""
+    if not is_recovered_id(conv_id):
+        return conv_id
     kept = history.adopt(entry.id, conv_id).id
     if kept != conv_id:
         st.session_state[f"conv-open-{entry.id}"] = kept

@@ -774,6 +774,11 @@ class HistoryStore:
             self._finish_delete(ring, mtag, mdir, tomb.stem)
 
 
+def is_recovered_id(conv_id: str) -> bool:
+    """Whether conv_id names a recovered conversation (a log found without its header)."""
+    return isinstance(conv_id, str) and bool(_RECOVERED_RE.match(conv_id))
+
+
 def stored_model_dirs(history_dir: Path) -> list[Path]:
     """The model folders under history/ (whatever key they were written with)."""
     if not history_dir.is_dir():
