@@ -54,6 +54,7 @@ class Backend:
 N_CTX = LoadOption("n_ctx", MIN_CTX, MAX_CTX, "context window in tokens")
 N_THREADS = LoadOption("n_threads", 1, 1024, "CPU threads")
 N_GPU_LAYERS = LoadOption("n_gpu_layers", -1, 100_000, "layers offloaded to the GPU (-1 = all)")
+PARALLEL = LoadOption("parallel", 1, 64, "requests generated at once (llama-server slots)")
 CUDA = LoadOption("n_gpu_layers", -1, 100_000, "0 = CPU only; otherwise CUDA when present")
 
 FORMATS: dict[str, Format] = {
@@ -72,7 +73,7 @@ FORMATS: dict[str, Format] = {
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("llama.cpp", (N_CTX, N_THREADS, N_GPU_LAYERS)),
+        Backend("llama.cpp", (N_CTX, N_THREADS, N_GPU_LAYERS, PARALLEL)),
         Backend("ctransformers", (N_CTX, N_THREADS)),  # always on the CPU
         Backend("transformers", (N_CTX, N_THREADS, CUDA)),
         Backend("openai", (N_CTX,), remote=True),

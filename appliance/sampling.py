@@ -27,7 +27,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top_p", 0.95, "Nucleus sampling: keep the smallest set of tokens whose "
             "probabilities add up to this.", float, 0.0, 1.0),
     Setting("top_k", 40, "Keep only the k likeliest tokens (0 = no limit).", int, 0, 1000),
-    Setting("repeat_penalty", 1.1, "Penalty for repeating tokens (1 = none).", float, 0.5, 2.0),
+    Setting("repeat_penalty", 1.0, "Penalty for tokens already in the prompt or reply (1 = "
+            "none, as llama.cpp's own default).", float, 0.5, 2.0),
     Setting("max_tokens", 512, "The most tokens one reply may have.", int, 1, 32_768),
     Setting("seed", -1, "Random seed (-1 = a new one each time).", int, -1, 2**31 - 1),
 )  # fmt: skip

@@ -1,4 +1,5 @@
-"""The llama.cpp backend through the host, on the real demo model at temperature 0."""
+"""The llama.cpp backend (llama-server) through the host, on the real demo model at
+temperature 0."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.engine import ContextOverflow, Host, ModelLoadError
-from appliance.engine.backends.llama_cpp import gguf_geometry
+from appliance.engine.backends.llama_cpp import gguf_facts
 from appliance.library.library import Library
 from tests.engine_fakes import pid_alive
 from tests.engine_models import gguf_without_template, register_demo
@@ -41,15 +42,16 @@ def test_exact_reply(host: Host, library: Library, demo_model: Path) -> None:
     assert chunks == ["The", " capital", " of", " France", " is", " Paris", "."]
     result = gen.result
     assert (result.text, result.prompt_tokens, result.completion_tokens) == (
-        "The capital of France is Paris.", 27, 7)  # fmt: skip
+        "The capital of France is Paris.", 27, 8)  # fmt: skip (llama.cpp counts the EOS)
     assert (result.dropped_turns, result.finish, result.context_length) == (0, "stop", 4096)
     status = host.status()
     assert (status.phase, status.architecture, status.n_gpu_layers) == ("ready", "llama", 0)
-    assert status.detail == "chat template from the GGUF"
+    assert (status.runs_in, status.capacity) == ("server", 4)
+    assert status.detail.startswith("chat template from the GGUF; 4 parallel slots")
 
 
 def test_default_context_is_capped(demo_model: Path) -> None:
-    assert gguf_geometry(demo_model) == (8192, 2 * 30 * 64 * 3 * 2)
+    assert gguf_facts(demo_model) == (8192, 2 * 30 * 64 * 3 * 2, True)
 
 
 def test_switch_between_two_models_and_template_less_fallback(
@@ -69,7 +71,7 @@ def test_switch_between_two_models_and_template_less_fallback(
         assert gen.result.completion_tokens > 0
         status = host.status()
         assert status.model_id == base_model
-        assert status.detail == "no chat template in the GGUF: plain-transcript fallback"
+        assert status.detail.startswith("no chat template in the GGUF: plain-transcript fallback")
         assert not pid_alive(first_pid)
         again = host.chat(chat_model, FRANCE, system_prompt=SYSTEM, settings=GREEDY)
         assert "".join(again) == "The capital of France is Paris."

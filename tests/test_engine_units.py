@@ -10,7 +10,6 @@ import pytest
 from appliance import capabilities
 from appliance.engine import BackendUnavailable, InvalidOptions, options
 from appliance.engine import backends as table
-from appliance.engine.backends.llama_cpp import LlamaLog
 from appliance.engine.errors import RemoteServerError
 from appliance.engine.process import WorkerProcess
 from appliance.engine.prompt import StopFilter
@@ -62,17 +61,12 @@ def test_stop_filter_holds_back_partial_matches() -> None:
     assert (stops.feed("end\nU"), stops.flush()) == ("end", "\nU")
 
 
-def test_llama_log_reason_skips_generic_lines() -> None:
-    log = LlamaLog()
-    log.lines.extend([
-        "gguf_init_from_reader: failed to read magic",
-        "llama_model_load: error loading model: llama_model_loader: failed to load model from x",
-        "llama_model_load_from_file_impl: failed to load model",
-    ])  # fmt: skip
-    assert log.reason() == "failed to read magic"
-    log.lines.clear()
-    log.lines.append("llama_model_load_from_file_impl: failed to load model")
-    assert log.reason() is None
+def test_default_context_leaves_room_for_every_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(options, "available_memory", lambda: 400 << 20)
+    # a quarter of 400 MiB holds 4,551 tokens of 23,040 bytes: one slot gets the cap,
+    # four share it (1,137 each, rounded down to 1,024)
+    assert options.default_n_ctx(8192, 23_040, parallel=1) == 4096
+    assert options.default_n_ctx(8192, 23_040, parallel=4) == 1024
 
 
 def test_backend_table() -> None:

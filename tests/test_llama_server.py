@@ -43,6 +43,7 @@ SEA = [SYSTEM, {"role": "user", "content": "Write a short poem about the sea."}]
 # Replies that do not change with the batch they are decoded in. (Greedy decoding is
 # not batch-invariant in llama.cpp: a long free-form reply, like the poem, can take
 # another turn when it shares a batch or reuses a cached prefix.)
+STORY = [SYSTEM, {"role": "user", "content": "Write a short story about a cat."}]
 COUNT = [SYSTEM, {"role": "user", "content": "Count from 1 to 20, separated by commas."}]
 OPTIONS = ServerOptions(n_ctx=2048, n_threads=2, parallel=2)
 
@@ -103,10 +104,10 @@ def test_tokenize_template_and_native_completion(server: LlamaServer) -> None:
 def test_two_concurrent_streams_each_get_their_own_reply(server: LlamaServer) -> None:
     client = server.client()
     alone = {
-        "france": client.chat_text(FRANCE, max_tokens=64, **GREEDY),
+        "story": client.chat_text(STORY, max_tokens=64, **GREEDY),
         "count": client.chat_text(COUNT, max_tokens=64, **GREEDY),
     }
-    assert alone["france"] == FRANCE_REPLY
+    assert len(alone["story"]) > 100  # long enough to overlap the other one
     assert alone["count"].startswith("1. 1\n2. 2\n3. 3\n")
     spans: dict[str, list[float]] = {}
     replies: dict[str, str] = {}
@@ -120,7 +121,7 @@ def test_two_concurrent_streams_each_get_their_own_reply(server: LlamaServer) ->
             times.append(time.monotonic())
         spans[name], replies[name] = [times[0], times[-1]], _text(chunks)
 
-    threads = [threading.Thread(target=run, args=("france", FRANCE)),
+    threads = [threading.Thread(target=run, args=("story", STORY)),
                threading.Thread(target=run, args=("count", COUNT))]  # fmt: skip
     for thread in threads:
         thread.start()
@@ -128,7 +129,7 @@ def test_two_concurrent_streams_each_get_their_own_reply(server: LlamaServer) ->
         thread.join(timeout=120)
     assert replies == alone
     # Both were generating at the same time (two slots), not one after the other.
-    assert spans["france"][0] < spans["count"][1] and spans["count"][0] < spans["france"][1]
+    assert spans["story"][0] < spans["count"][1] and spans["count"][0] < spans["story"][1]
 
 
 def test_every_request_needs_the_key(server: LlamaServer) -> None:

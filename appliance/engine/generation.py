@@ -87,6 +87,11 @@ class Generation:
         return self._cancelled.is_set()
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the caller cancels (or the host stops) this request."""
+        return self._cancelled
+
+    @property
     def done(self) -> bool:
         return self.result is not None
 

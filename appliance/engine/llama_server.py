@@ -88,7 +88,12 @@ class ServerUnavailable(BackendUnavailable):
 
 
 class ServerLost(WorkerCrashed):
-    """The server process died or closed the connection in the middle of a request."""
+    """The server process died or closed the connection in the middle of a request;
+    `how` says how the process ended ("SIGKILL: killed; ...")."""
+
+    def __init__(self, message: str, how: str = "") -> None:
+        super().__init__(message)
+        self.how = how or "the connection was lost"
 
 
 class ServerHTTPError(GenerationError):
@@ -118,6 +123,16 @@ def cpu_variants(binary: Path) -> list[str]:
     return sorted(
         p.name.removeprefix(CPU_LIB_PREFIX).removesuffix(LIB_SUFFIX)
         for p in binary.parent.glob(f"{CPU_LIB_PREFIX}*{LIB_SUFFIX}")
+    )
+
+
+def gpu_offload_available(binary: Path) -> bool:
+    """Whether the build carries a GPU backend (CUDA, HIP, Vulkan, SYCL, Metal) that -ngl
+    can offload to: linked into the program's folder as libggml-<gpu>.so."""
+    folder = binary.resolve().parent
+    return any(
+        (folder / f"libggml-{name}{LIB_SUFFIX}").exists()
+        for name in ("cuda", "hip", "vulkan", "sycl", "metal", "musa")
     )
 
 
@@ -510,10 +525,38 @@ def _cleanup(proc: subprocess.Popen[bytes], folder: Path) -> None:
 # --- HTTP over the Unix socket -----------------------------------------------------------
 
 
+class Abort:
+    """Ends one request from another thread: `abort()` shuts its connection down, so a
+    read blocked on it returns at once, and llama-server stops that generation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.aborted = False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.aborted:
+                _shutdown(sock)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, abort: Abort | None = None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = str(path)
+        self._abort = abort
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -524,6 +567,8 @@ class _UnixConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
+        if self._abort is not None:
+            self._abort.attach(sock)
 
 
 class LlamaClient:
@@ -555,9 +600,16 @@ class LlamaClient:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def _open(self, method: str, path: str, payload: Any = None) -> http.client.HTTPResponse:
+    @staticmethod
+    def abort_handle() -> Abort:
+        """A handle that ends the stream it is passed to (`abort=`) from any thread."""
+        return Abort()
+
+    def _open(
+        self, method: str, path: str, payload: Any = None, abort: Abort | None = None
+    ) -> http.client.HTTPResponse:
         body = None if payload is None else json.dumps(payload).encode()
-        conn = _UnixConnection(self.socket_path, self.timeout_s)
+        conn = _UnixConnection(self.socket_path, self.timeout_s, abort)
         try:
             conn.request(method, path, body=body, headers=self._headers(body))
             return conn.getresponse()
@@ -572,7 +624,7 @@ class LlamaClient:
 
     def _lost(self, exc: BaseException) -> ServerLost:
         how = self._on_lost() if self._on_lost else type(exc).__name__
-        return ServerLost(f"llama-server stopped during the request ({how}).")
+        return ServerLost(f"llama-server stopped during the request ({how}).", how)
 
     def request(self, method: str, path: str, payload: Any = None) -> tuple[int, Any]:
         """(status, decoded JSON or text) for any endpoint; never raises on a status."""
@@ -614,16 +666,20 @@ class LlamaClient:
         """The prompt the model's chat template makes of these messages."""
         return self._json("POST", "/apply-template", {"messages": messages})["prompt"]
 
-    def chat_stream(self, messages: list[dict[str, Any]], **params: Any) -> Iterator[dict]:
+    def chat_stream(
+        self, messages: list[dict[str, Any]], *, abort: Abort | None = None, **params: Any
+    ) -> Iterator[dict]:
         """OpenAI chat chunks from /v1/chat/completions, usage in the last one."""
         payload = {"messages": messages, **params, "stream": True}
         payload.setdefault("stream_options", {"include_usage": True})
-        return self._stream("/v1/chat/completions", payload, _chat_done)
+        return self._stream("/v1/chat/completions", payload, _chat_done, abort)
 
-    def completion_stream(self, prompt: str | list[int], **params: Any) -> Iterator[dict]:
+    def completion_stream(
+        self, prompt: str | list[int], *, abort: Abort | None = None, **params: Any
+    ) -> Iterator[dict]:
         """llama.cpp's native /completion chunks ({'content': ..., 'stop': ...})."""
         payload = {"prompt": prompt, **params, "stream": True}
-        return self._stream("/completion", payload, lambda chunk: bool(chunk.get("stop")))
+        return self._stream("/completion", payload, lambda c: bool(c.get("stop")), abort)
 
     def chat_text(self, messages: list[dict[str, Any]], **params: Any) -> str:
         """The whole reply of a streamed chat, as text."""
@@ -634,9 +690,13 @@ class LlamaClient:
         )
 
     def _stream(
-        self, path: str, payload: dict[str, Any], is_last: Callable[[dict], bool]
+        self,
+        path: str,
+        payload: dict[str, Any],
+        is_last: Callable[[dict], bool],
+        abort: Abort | None = None,
     ) -> Iterator[dict]:
-        resp = self._open("POST", path, payload)
+        resp = self._open("POST", path, payload, abort)
         try:
             if resp.status >= 400:
                 raise _http_error(path, resp.status, _loads(resp.read()))

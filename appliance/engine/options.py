@@ -4,7 +4,8 @@ Which options each backend takes, and their bounds, is in appliance.capabilities
 machine facts, cores and free memory, come from appliance.hardware.
 
 - n_ctx: the model's own context length, capped so the KV cache fits memory
-  (DEFAULT_CTX_CAP, and at most a quarter of the available memory).
+  (DEFAULT_CTX_CAP, and at most a quarter of the available memory for all the parallel
+  slots together).
 - n_threads: the physical cores this process may use (appliance.hardware).
 - n_gpu_layers: all layers (-1) when the backend's build can offload and a GPU is
   present, else 0.
@@ -62,10 +63,11 @@ def gpu_present() -> bool:
     return any(Path(device).exists() for device in GPU_DEVICES)
 
 
-def default_n_ctx(model_ctx: int | None, kv_bytes_per_token: int | None) -> int:
-    """min(model context, DEFAULT_CTX_CAP, what a quarter of free memory holds)."""
+def default_n_ctx(model_ctx: int | None, kv_bytes_per_token: int | None, parallel: int = 1) -> int:
+    """min(model context, DEFAULT_CTX_CAP, what a quarter of free memory holds for
+    `parallel` slots of that context each)."""
     cap = DEFAULT_CTX_CAP
     if kv_bytes_per_token:
-        fits = int(available_memory() * KV_MEMORY_SHARE) // kv_bytes_per_token
+        fits = int(available_memory() * KV_MEMORY_SHARE) // (kv_bytes_per_token * parallel)
         cap = min(cap, max(MIN_CTX, fits // 256 * 256))
     return max(MIN_CTX, min(model_ctx or cap, cap))

@@ -124,6 +124,8 @@ class Loaded:
     device: str = "cpu"
     chat_template: bool = True
     detail: str = ""
+    parallel: int = 1  # requests it serves at once
+    cpu_variant: str | None = None  # the llama.cpp CPU kernels loaded (llama-server)
 
 
 @dataclass(frozen=True)

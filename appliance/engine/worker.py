@@ -20,18 +20,15 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 
-from appliance.engine import prompt
-from appliance.engine.backends import Backend, LoadSpec, Usage, load_target
+from appliance.engine.backends import Backend, LoadSpec, load_target
+from appliance.engine.backends.base import run_chat
 from appliance.engine.errors import EngineError, GenerationError, ModelLoadError
 from appliance.engine.protocol import (
     Cancel,
     Chat,
-    Chunk,
-    Done,
     Error,
     Event,
     Exit,
-    Fitted,
     Load,
     Progress,
     ProtocolError,
@@ -120,29 +117,10 @@ class Worker:
                 self.cancelled.discard(request.id)
 
     def _generate(self, request: Chat, event: threading.Event) -> None:
-        backend = self.backend
-        if backend is None:
+        if self.backend is None:
             raise GenerationError("No model is loaded in the worker.")
-        settings = dict(request.settings)
-        if request.raw:  # a completion: the text as it is
-            source = request.messages[-1]["content"]
-            fitted = prompt.fit_text(source, backend.count_text, self.context_length,
-                                     settings["max_tokens"])  # fmt: skip
-            stream = lambda: backend.complete(source, settings, event)  # noqa: E731
-        else:
-            fitted = prompt.fit(request.system, request.messages, backend.count_tokens,
-                                self.context_length, settings["max_tokens"])  # fmt: skip
-            stream = lambda: backend.chat(fitted.messages, settings, event)  # noqa: E731
-        self.send(Fitted(request.id, fitted.dropped, fitted.prompt_tokens, self.context_length))
-        settings["max_tokens"] = fitted.max_tokens
-        backend.usage = Usage()
-        if not event.is_set():
-            for text in stream():
-                self.send(Chunk(request.id, text))
-                if event.is_set():
-                    break
-        finish = "cancelled" if event.is_set() else backend.usage.finish
-        self.send(Done(request.id, finish, backend.usage.completion_tokens))
+        for message in run_chat(self.backend, request, self.context_length, event):
+            self.send(message)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from appliance.engine import prompt
 from appliance.engine.errors import BackendUnavailable
-from appliance.engine.protocol import Loaded
+from appliance.engine.protocol import Chat, Chunk, Done, Fitted, Loaded
 from appliance.model_entry import ModelEntry
 
 Log = Callable[[str], None]
@@ -54,6 +55,10 @@ class Backend:
     modules: ClassVar[tuple[str, ...]] = ()  # heavy import names
     crash_hint: ClassVar[str] = ""  # added to the message when the worker dies loading
     completion: ClassVar[bool] = False  # complete(): continue raw text (base models)
+    # Where the host runs it: "worker" (a worker process, one request at a time) or
+    # "server" (in the host process, driving its own server process; see
+    # appliance.engine.runners.ServerRunner).
+    runs_in: ClassVar[str] = "worker"
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -106,3 +111,31 @@ class Backend:
 
     def close(self) -> None:
         """Free the model (the worker exits right after, which frees everything)."""
+
+
+def run_chat(
+    backend: Backend, request: Chat, context_length: int, cancel: threading.Event
+) -> Iterator[Fitted | Chunk | Done]:
+    """How one Chat request runs on a loaded backend: fit the prompt to the context
+    (Fitted), stream the reply (Chunk...), and end with Done. The backend's usage is
+    reset first; typed EngineErrors (ContextOverflow...) propagate to the caller."""
+    settings = dict(request.settings)
+    if request.raw:  # a completion: the text as it is
+        source = request.messages[-1]["content"]
+        fitted = prompt.fit_text(source, backend.count_text, context_length,
+                                 settings["max_tokens"])  # fmt: skip
+        stream = lambda: backend.complete(source, settings, cancel)  # noqa: E731
+    else:
+        fitted = prompt.fit(request.system, request.messages, backend.count_tokens,
+                            context_length, settings["max_tokens"])  # fmt: skip
+        stream = lambda: backend.chat(fitted.messages, settings, cancel)  # noqa: E731
+    yield Fitted(request.id, fitted.dropped, fitted.prompt_tokens, context_length)
+    settings["max_tokens"] = fitted.max_tokens
+    backend.usage = Usage()
+    if not cancel.is_set():
+        for text in stream():
+            yield Chunk(request.id, text)
+            if cancel.is_set():
+                break
+    finish = "cancelled" if cancel.is_set() else backend.usage.finish
+    yield Done(request.id, finish, backend.usage.completion_tokens)

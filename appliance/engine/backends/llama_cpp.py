@@ -1,63 +1,52 @@
-"""llama.cpp through llama-cpp-python: the default backend for GGUF files.
+"""llama.cpp for GGUF files, through llama.cpp's own server: the default backend.
 
-- The prompt comes from the GGUF's embedded chat template (Jinja, as llama-cpp-python's
-  own chat handler renders it). A GGUF without a template would make
-  `create_chat_completion` fall back to the llama-2 format and stream zero tokens, so
-  such models get the plain-transcript fallback of appliance.engine.prompt instead.
-- llama.cpp explains why it refuses a file only in its log; the log is captured with
-  `llama_cpp.llama_log_set` and its reason is put in the ModelLoadError.
+The host runs this backend in its own process (`runs_in = "server"`): `load` starts one
+`llama-server` process for the model (appliance.engine.llama_server.LlamaServer), with
+`parallel` slots that decode together (continuous batching), and each request gets its
+own `session()`, so several requests run at once. The server process holds the model,
+so a native crash or an out-of-memory kill still takes down only that process.
+
+- The KV cache holds `parallel` x n_ctx tokens in one pool (`--kv-unified`); every
+  request is fitted to n_ctx, so each slot always has room for its own.
+- The prompt is the GGUF's chat template as the server renders it (/apply-template),
+  counted with the model's own tokenizer (/tokenize); those exact tokens go to
+  /completion with `cache_prompt`, so the server reuses the longest prefix already in a
+  slot's KV cache (or its host-memory prompt cache): turn 10 of a chat does not re-read
+  turns 1-9.
+- A GGUF without a chat template (read from its header) gets the plain-transcript
+  fallback of appliance.engine.prompt, with its stop strings; llama-server would
+  otherwise apply a generic template the model was never trained on.
+- llama.cpp's reason for refusing a file comes from the server's log (LlamaServer).
 """
 
 from __future__ import annotations
 
-import ctypes
-import re
 import threading
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from appliance.engine import options as opts
 from appliance.engine.backends.base import Backend, Loaded, LoadSpec, Log, Message
-from appliance.engine.errors import GenerationError, ModelLoadError
+from appliance.engine.errors import GenerationError
+from appliance.engine.llama_server import (
+    LlamaClient,
+    LlamaServer,
+    ServerHTTPError,
+    ServerLost,
+    ServerOptions,
+    find_binary,
+    gpu_offload_available,
+)
 from appliance.engine.prompt import FALLBACK_STOP, render_fallback
 
-# ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
-_WARN, _CONT = 3, 5
-_GENERIC = re.compile(r"failed to load model|error loading model$|^\s*$")
-_PREFIX = re.compile(r"^[a-z_0-9]+: (error loading model: )?")
-_CALLBACKS: list[Any] = []
+DEFAULT_PARALLEL = 4
+MAX_BATCH = 512
 
 
-class LlamaLog:
-    """Keeps llama.cpp's recent warnings and errors (its log is otherwise invisible)."""
-
-    def __init__(self) -> None:
-        self.lines: deque[str] = deque(maxlen=50)
-        self._keep = False
-
-    def install(self, llama_cpp: Any) -> None:
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-            self._keep = level >= _WARN if level != _CONT else self._keep
-            if self._keep:
-                self.lines.append(text.decode("utf-8", "replace").strip())
-
-        _CALLBACKS.append(callback)  # ctypes must never free it: llama.cpp keeps the pointer
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-    def reason(self) -> str | None:
-        """llama.cpp's own explanation of the last failure, without function prefixes."""
-        for line in self.lines:
-            text = _PREFIX.sub("", line)
-            if text and not _GENERIC.search(text):
-                return text.rstrip(".")
-        return None
-
-
-def gguf_geometry(path: Path) -> tuple[int | None, int | None]:
-    """(trained context length, KV-cache bytes per token at f16) from the GGUF header."""
+def gguf_facts(path: Path) -> tuple[int | None, int | None, bool | None]:
+    """(trained context length, KV-cache bytes per token at f16, chat template present)
+    from the GGUF header; Nones when it cannot be read (llama.cpp then says why)."""
     from appliance.errors import ModelFileError
     from appliance.hardware import kv_cache_bytes
     from appliance.library.inspect import inspect_model
@@ -65,96 +54,131 @@ def gguf_geometry(path: Path) -> tuple[int | None, int | None]:
     try:
         info = inspect_model(path)
     except (ModelFileError, OSError):
-        return None, None  # llama.cpp itself then says what is wrong with the file
-    return info.metadata.context_length, kv_cache_bytes(info.metadata, 1) or None
+        return None, None, None
+    meta = info.metadata
+    return meta.context_length, kv_cache_bytes(meta, 1) or None, meta.chat_template
 
 
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
     extra = "llama"
-    modules = ("llama_cpp",)
     completion = True
+    runs_in = "server"
+    crash_hint = "llama.cpp's server crashed in native code; the rest of the appliance is unharmed."
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        return []  # no Python library: the llama-server program
+
+    @classmethod
+    def check_available(cls) -> None:
+        find_binary()  # ServerUnavailable (a BackendUnavailable) says how to build it
+
+    @classmethod
+    def preload(cls) -> None:
+        """Nothing to import: a server starts from scratch for each model."""
 
     def load(self, spec: LoadSpec, log: Log) -> Loaded:
-        import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         path = Path(spec.path)
-        llama_log = LlamaLog()
-        llama_log.install(llama_cpp)
-        model_ctx, kv_bytes = gguf_geometry(path)
-        n_ctx = spec.options.get("n_ctx") or opts.default_n_ctx(model_ctx, kv_bytes)
+        model_ctx, kv_bytes, template = gguf_facts(path)
+        parallel = spec.options.get("parallel") or DEFAULT_PARALLEL
+        n_ctx = spec.options.get("n_ctx") or opts.default_n_ctx(model_ctx, kv_bytes, parallel)
         n_threads = spec.options.get("n_threads") or opts.physical_cores()
-        gpu = bool(llama_cpp.llama_supports_gpu_offload()) and opts.gpu_present()
+        binary = find_binary()
+        gpu = gpu_offload_available(binary) and opts.gpu_present()
         n_gpu_layers = spec.options.get("n_gpu_layers", -1 if gpu else 0)
-        log(f"llama.cpp: n_ctx {n_ctx}, {n_threads} threads, {n_gpu_layers} GPU layers")
-        try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=min(512, n_ctx),
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=n_gpu_layers,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            reason = llama_log.reason() or str(exc)
-            raise ModelLoadError(
-                f"llama.cpp cannot load {path.name}: {reason}. If the file was copied, "
-                "copy it again from the original; otherwise the file is damaged or not a "
-                "model this llama.cpp supports."
-            ) from None
-        llm = self.llm
-        template = llm.metadata.get("tokenizer.chat_template")
-        eos = llm.token_eos()
-        self.formatter = None
-        if template:
-            self.formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=llm._model.token_get_text(llm.token_bos())
-                if llm.token_bos() != -1
-                else "",
-                stop_token_ids=[eos],
-            )
+        log(
+            f"llama-server: n_ctx {n_ctx} for each of {parallel} slots, {n_threads} threads, "
+            f"{n_gpu_layers} GPU layers"
+        )
+        options = ServerOptions(
+            n_ctx=n_ctx * parallel, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+            parallel=parallel, kv_unified=True, n_batch=min(MAX_BATCH, n_ctx),
+            alias=spec.entry.id,
+        )  # fmt: skip
+        self.server = LlamaServer(path, options, binary=binary)
+        self.server.start()  # ModelLoadError with llama.cpp's reason
+        self.context_length = n_ctx
+        self.template = template is not False  # unknown: trust the server's template
+        self.parallel = parallel
+        variant = self.server.cpu_backend
+        how = "chat template from the GGUF" if self.template else (
+            "no chat template in the GGUF: plain-transcript fallback")  # fmt: skip
         return Loaded(
-            context_length=llm.n_ctx(),
+            context_length=n_ctx,
             n_threads=n_threads,
             n_gpu_layers=n_gpu_layers,
             device="gpu" if gpu and n_gpu_layers else "cpu",
-            chat_template=bool(template),
-            detail="chat template from the GGUF"
-            if template
-            else "no chat template in the GGUF: plain-transcript fallback",
+            chat_template=self.template,
+            detail=f"{how}; {parallel} parallel slots"
+            + (f"; CPU kernels {variant}" if variant else ""),
+            parallel=parallel,
+            cpu_variant=variant,
         )
 
-    def _prompt(self, messages: list[Message]) -> tuple[list[int], list[str], Any]:
-        """(prompt tokens, stop strings, stopping criteria) for these messages."""
-        if self.formatter is None:
-            text = render_fallback(messages)
-            tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-            return tokens, list(FALLBACK_STOP), None
+    def session(self) -> LlamaSession:
+        """A handle for one request (its own usage and connection)."""
+        if getattr(self, "server", None) is None:
+            raise GenerationError("No model is loaded.")
+        return LlamaSession(self.server.client(), self.template)
+
+    def alive(self) -> bool:
+        return self.server.alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def close(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+
+    def kill(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop(grace_s=0)
+
+
+class LlamaSession(Backend):
+    """One request on a running llama-server: the Backend interface run_chat drives.
+
+    `abort()`, from any thread, shuts its connection: llama-server then stops that
+    request's generation and frees its slot at once.
+    """
+
+    name = "llama.cpp"
+    extra = "llama"
+    completion = True
+
+    def __init__(self, client: LlamaClient, template: bool) -> None:
+        super().__init__()
+        self.client = client
+        self.template = template
+        self._aborted = threading.Event()
+        self._abort = self.client.abort_handle()
+
+    def abort(self) -> None:
+        self._aborted.set()
+        self._abort.abort()
+
+    def _prompt(self, messages: list[Message]) -> tuple[list[int], list[str]]:
+        if not self.template:
+            return self.client.tokenize(render_fallback(messages), add_special=True), list(
+                FALLBACK_STOP)  # fmt: skip
         try:
-            result = self.formatter(messages=messages)
-        except Exception as exc:
+            text = self.client.apply_template(messages)
+        except ServerHTTPError as exc:
             if messages and messages[0]["role"] == "system":
                 return self._prompt(_merge_system(messages))
             raise GenerationError(f"The model's chat template failed: {exc}") from None
-        tokens = self.llm.tokenize(
-            result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-        )
-        stop = result.stop if isinstance(result.stop, list) else [result.stop]
-        return tokens, [s for s in stop if s], result.stopping_criteria
+        return self.client.tokenize(text, add_special=True), []
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self._prompt(messages)[0])
 
-    def _text_tokens(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-
     def count_text(self, text: str) -> int:
-        return len(self._text_tokens(text))
+        return len(self.client.tokenize(text, add_special=True))
 
     def chat(
         self, messages: list[Message], settings: dict[str, Any], cancel: threading.Event
@@ -164,46 +188,43 @@ class LlamaCppBackend(Backend):
     def complete(
         self, text: str, settings: dict[str, Any], cancel: threading.Event
     ) -> Iterator[str]:
-        yield from self._stream(self._text_tokens(text), [], None, settings, cancel)
+        yield from self._stream(self.client.tokenize(text, add_special=True), [], settings,
+                                cancel)  # fmt: skip
 
     def _stream(
-        self, tokens: list[int], stop: list[str], criteria: Any, settings: dict[str, Any],
+        self, tokens: list[int], stop: list[str], settings: dict[str, Any],
         cancel: threading.Event,
     ) -> Iterator[str]:  # fmt: skip
-        seed = settings.get("seed", -1)
-        stream = self.llm.create_completion(
-            tokens,
-            max_tokens=settings["max_tokens"],
-            temperature=settings["temperature"],
-            top_p=settings["top_p"],
-            top_k=settings["top_k"],
-            repeat_penalty=settings["repeat_penalty"],
-            seed=seed if seed >= 0 else None,
-            stop=stop,
-            stopping_criteria=criteria,
-            stream=True,
-        )
+        params: dict[str, Any] = {
+            "n_predict": settings["max_tokens"],
+            "temperature": settings["temperature"],
+            "top_p": settings["top_p"],
+            "top_k": settings["top_k"],
+            "repeat_penalty": settings["repeat_penalty"],
+            "stop": stop,
+            "cache_prompt": True,
+            "return_tokens": False,
+        }
+        if settings.get("seed", -1) >= 0:
+            params["seed"] = settings["seed"]
+        pieces = 0
         try:
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    yield choice["text"]
-                if choice.get("finish_reason"):
-                    self.usage.finish = choice["finish_reason"]
+            for chunk in self.client.completion_stream(tokens, abort=self._abort, **params):
+                text = chunk.get("content") or ""
+                if text:
+                    pieces += 1
+                    yield text
+                if chunk.get("stop"):
+                    self.usage.completion_tokens = int(chunk.get("tokens_predicted") or pieces)
+                    self.usage.finish = "length" if chunk.get("stop_type") == "limit" else "stop"
+                    return
                 if cancel.is_set():
-                    self.usage.finish = "cancelled"
                     break
-        finally:
-            stream.close()
-            # The last token sampled is evaluated only if generation goes on.
-            pending = 1 if self.usage.finish in ("length", "cancelled") else 0
-            self.usage.completion_tokens = max(0, self.llm.n_tokens - len(tokens)) + pending
-
-    def close(self) -> None:
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            llm.close()
-            self.llm = None
+        except ServerLost:
+            if not (cancel.is_set() or self._aborted.is_set()):
+                raise
+        self.usage.finish = "cancelled"
+        self.usage.completion_tokens = pieces
 
 
 def _merge_system(messages: list[Message]) -> list[Message]:
