@@ -41,8 +41,9 @@ def test_exact_reply(host: Host, library: Library, demo_model: Path) -> None:
     chunks = list(gen)
     assert chunks == ["The", " capital", " of", " France", " is", " Paris", "."]
     result = gen.result
+    # llama.cpp counts the end-of-sequence token among the 8 completion tokens.
     assert (result.text, result.prompt_tokens, result.completion_tokens) == (
-        "The capital of France is Paris.", 27, 8)  # fmt: skip (llama.cpp counts the EOS)
+        "The capital of France is Paris.", 27, 8)  # fmt: skip
     assert (result.dropped_turns, result.finish, result.context_length) == (0, "stop", 4096)
     status = host.status()
     assert (status.phase, status.architecture, status.n_gpu_layers) == ("ready", "llama", 0)
