@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import urllib.request
 from pathlib import Path
 
 import gguf
 
+from appliance.engine.errors import ModelLoadError
+from appliance.engine.llama_server import LlamaServer, ServerOptions, _mapped_cpu_backend
 from appliance.library.library import Library
 
 
@@ -60,3 +66,42 @@ def tiny_hf_model(demo: Path, folder: Path, *, chat_template: bool = True) -> Pa
 def register_demo(library: Library, demo: Path, name: str | None = None) -> str:
     """Register the demo GGUF where it is; return its id."""
     return library.register(demo, external=True, name=name).entry.id
+
+
+class LanServer(LlamaServer):
+    """llama.cpp's server as an OpenAI-compatible server on the LAN would run it: on a
+    loopback TCP port (`url`), with an API key, serving `model` under the name `alias`.
+
+    LlamaServer's start (retried without a CPU variant that crashes, llama.cpp's reason
+    when it fails) and stop, with its Unix socket replaced by `--host 127.0.0.1 --port`
+    (llama.cpp takes the last of a repeated option).
+    """
+
+    def __init__(
+        self, model: str | os.PathLike[str], *, alias: str, api_key: str, n_ctx: int = 2048,
+        n_threads: int = 2,
+    ) -> None:  # fmt: skip
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        tcp = ("--host", "127.0.0.1", "--port", str(self.port), "--api-key", api_key)
+        options = ServerOptions(n_ctx=n_ctx, n_threads=n_threads, alias=alias, extra_args=tcp)
+        super().__init__(model, options)
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self._proc is not None
+        while True:
+            if self.cpu_backend_path is None:
+                self.cpu_backend_path = _mapped_cpu_backend(self._proc.pid)
+            if self._proc.poll() is not None:
+                raise ModelLoadError(self._load_failure())
+            try:  # /health needs no key; 503 while the model loads
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ModelLoadError(f"llama-server did not answer on {self.url} in time")
+            time.sleep(0.1)

@@ -1,16 +1,13 @@
 """The openai backend against a real OpenAI-compatible server on loopback.
 
-The server is llama-cpp-python's own (`python -m llama_cpp.server`) serving the demo
-model, with an API key, so authentication is tested too.
+The server is llama.cpp's own (`llama-server`, as `make install` builds it) serving the
+demo model on a loopback TCP port, with an API key, so authentication is tested too.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from appliance.engine.remote import add_remote_models, list_remote_models
 from appliance.errors import ImportRefused
 from appliance.library.library import Library
 from appliance.model_entry import ModelEntry
+from tests.engine_models import LanServer
 
 KEY = "test-key-123"
 SYSTEM = "You are a helpful assistant."
@@ -37,26 +35,8 @@ def free_port() -> int:
 def server() -> Iterator[str]:
     from tests.conftest import DEMO_MODEL
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(DEMO_MODEL),
-         "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--n_threads", "2", "--api_key", KEY],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            list_remote_models(url, KEY)
-            break
-        except RemoteServerError:
-            assert proc.poll() is None, "llama_cpp.server exited"
-            assert time.monotonic() < deadline, "llama_cpp.server did not start in 60 s"
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with LanServer(DEMO_MODEL, alias="smollm2", api_key=KEY, n_ctx=2048) as lan:
+        yield lan.url
 
 
 @pytest.fixture
@@ -82,10 +62,10 @@ def test_list_models_fills_the_registry(server: str, library: Library) -> None:
 
 def test_chat_streams_over_sse(server: str, host: Host, library: Library) -> None:
     model = library.add_remote(server, "smollm2", name="LAN SmolLM2").id
-    status = host.load(model, api_key=KEY)  # the API does not say the server's context
-    assert (status.backend, status.phase, status.context_length) == ("openai", "ready", 4096)
-    status = host.load(model, api_key=KEY, options={"n_ctx": 2048})
-    assert status.context_length == 2048
+    status = host.load(model, api_key=KEY)  # llama-server's /v1/models says its n_ctx
+    assert (status.backend, status.phase, status.context_length) == ("openai", "ready", 2048)
+    status = host.load(model, api_key=KEY, options={"n_ctx": 1024})
+    assert status.context_length == 1024
     gen = host.chat(model, FRANCE, system_prompt=SYSTEM, settings={"temperature": 0, "seed": 1},
                     api_key=KEY)  # fmt: skip
     chunks = list(gen)

@@ -61,8 +61,9 @@ def test_a_completion_too_long_for_the_context_is_refused(fake_host, library: Li
 
 
 def test_llama_cpp_continues_the_text_itself(library: Library, demo_model: Path) -> None:
-    """The prompt is the text's own tokens (BOS + text), not the chat template's."""
-    import llama_cpp
+    """The prompt is the text's own tokens (BOS + text, where the model adds a BOS), not
+    the chat template's: counted by the model's tokenizer in a llama-server of its own."""
+    from appliance.engine.llama_server import LlamaServer, ServerOptions
 
     path = library.paths.models / demo_model.name
     path.hardlink_to(demo_model)
@@ -77,8 +78,8 @@ def test_llama_cpp_continues_the_text_itself(library: Library, demo_model: Path)
         "".join(chat)
     finally:
         host.shutdown()
-    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    own = vocab.tokenize(text.encode(), add_bos=True, special=False)
+    with LlamaServer(path, ServerOptions(n_ctx=256, parallel=1)) as vocab:
+        own = vocab.client().tokenize(text, add_special=True)
     assert gen.result.prompt_tokens == len(own)
     assert chat.result.prompt_tokens > len(own) + 5  # the template's roles and markers
     assert continuation.strip() and gen.result.completion_tokens > 0

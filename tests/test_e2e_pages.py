@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -474,30 +473,12 @@ def fits(locator: Locator) -> None:
 
 @pytest.fixture
 def openai_server(demo_model: Path) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on loopback, serving the demo model."""
-    from appliance.engine import RemoteServerError
-    from appliance.engine.remote import list_remote_models
+    """llama.cpp's server as an OpenAI-compatible one on loopback, serving the demo model."""
+    from tests.engine_models import LanServer
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(demo_model),
-         "--model_alias", "smollm2-remote", "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--n_threads", "1", "--api_key", "journey-key"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            list_remote_models(url, "journey-key")
-            break
-        except RemoteServerError:
-            assert proc.poll() is None, "llama_cpp.server exited"
-            assert time.monotonic() < deadline, "llama_cpp.server did not start in 90 s"
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with LanServer(demo_model, alias="smollm2-remote", api_key="journey-key",
+                   n_threads=1) as lan:  # fmt: skip
+        yield lan.url + "/v1"
 
 
 def import_tab(page: Page, name: str) -> Locator:
