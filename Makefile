@@ -2,21 +2,14 @@
 # Both create or update .venv, install the project with every extra, build llama.cpp's
 # own server (llama-server, with llama-bench and llama-batched-bench) and put the demo
 # model into models/ when it is absent. A second run takes seconds: the install is
-# skipped while pyproject.toml is unchanged, pip's wheel cache keeps the compiled
-# llama-cpp-python wheel (never pass --no-cache-dir), and scripts/build-llama-server
-# keeps its build in ~/.cache/offline-llm-switcher/llama-server/ (linked at
-# .venv/llama-server).
+# skipped while pyproject.toml is unchanged, and scripts/build-llama-server keeps its
+# build in ~/.cache/offline-llm-switcher/llama-server/ (linked at .venv/llama-server).
 
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := llama,legacy,transformers,dev
-# llama-cpp-python compiles llama.cpp with -march=native. Its AMX kernels crash
-# (SIGSEGV in ggml_backend_amx_mul_mat) on Sapphire Rapids hosts whose kernel or
-# hypervisor does not grant AMX state, so they are left out; AVX-512 stays on.
-LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
-	-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+EXTRAS := legacy,transformers,dev
 
 .PHONY: run test install llama-server demo-model browser-deps lint container-smoke
 
@@ -34,7 +27,9 @@ install: $(STAMP) llama-server
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@# Left in a .venv from before llama-server replaced the Python binding.
+	$(PY) -m pip uninstall --quiet --yes llama-cpp-python 2>/dev/null || true
 	touch $(STAMP)
 
 # Compiled at nice 19 with at most 2 jobs (LLAMA_BUILD_JOBS); cached, so a second run

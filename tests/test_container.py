@@ -101,7 +101,8 @@ def test_fetch_wheels_reads_the_pins_from_pyproject() -> None:
     fetch = load_script("fetch-wheels")
     base = [*fetch.requirements(), *(r for e in fetch.BASE_EXTRAS for r in fetch.requirements(e))]
     names = {fetch.requirement_name(r) for r in base}
-    assert {"streamlit", "llama-cpp-python", "ctransformers"} <= names
+    assert {"streamlit", "ctransformers"} <= names
+    assert "llama-cpp-python" not in names  # GGUF models run in llama-server, shipped apart
     assert "torch" not in names
     assert "torch==2.13.0" in fetch.requirements("transformers")
     args = fetch.target_args()
