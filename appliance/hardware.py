@@ -2,7 +2,8 @@
 
 psutil for memory and cores; NVIDIA GPUs through nvidia-ml-py when it and a driver are
 present. The estimate is the weights' size plus the KV cache for the chosen context,
-computed from the layer and head counts read from the model's header.
+computed from the layer and head counts read from the model's header, once per slot: a
+llama-server model with N parallel slots reserves N x n_ctx tokens of KV cache.
 """
 
 from __future__ import annotations
@@ -92,17 +93,19 @@ def kv_cache_bytes(metadata: ModelMetadata, n_ctx: int) -> int:
     return 2 * layers * n_ctx * (embedding // heads) * kv_heads * 2
 
 
-def memory_needed(entry: ModelEntry, n_ctx: int | None = None) -> int:
-    """Bytes a model needs resident: weights, KV cache for n_ctx, and overhead."""
+def memory_needed(entry: ModelEntry, n_ctx: int | None = None, slots: int = 1) -> int:
+    """Bytes a model needs resident: weights, KV cache for `slots` x n_ctx tokens (n_ctx
+    per slot; None: the model's own context), and overhead."""
     ctx = n_ctx or entry.metadata.context_length or 2048
-    return entry.size_bytes + kv_cache_bytes(entry.metadata, ctx) + COMPUTE_OVERHEAD
+    kv = kv_cache_bytes(entry.metadata, ctx * max(1, slots))
+    return entry.size_bytes + kv + COMPUTE_OVERHEAD
 
 
-def fit(entry: ModelEntry, hardware: Hardware, n_ctx: int | None = None) -> str:
+def fit(entry: ModelEntry, hardware: Hardware, n_ctx: int | None = None, slots: int = 1) -> str:
     """'fits', 'tight' or "won't fit" for the model in the free RAM (or free VRAM)."""
     if entry.is_remote:
         return "remote"
-    needed = memory_needed(entry, n_ctx)
+    needed = memory_needed(entry, n_ctx, slots)
     free = max([hardware.available_ram, *(g.free_bytes for g in hardware.gpus)])
     if needed <= free * TIGHT_FRACTION:
         return "fits"

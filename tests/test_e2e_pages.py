@@ -620,11 +620,14 @@ def test_import_page_every_route(
 
 
 def test_settings_page_every_control(appliance_home: Path, demo_model: Path, page: Page) -> None:
-    """Auto-lock, keep-alive, threads, context (saved, kept, used), password change, Lock."""
+    """Auto-lock, keep-alive, threads, context, replies at once, switch rule (saved, kept,
+    used), password change, Lock."""
     with_demo(appliance_home, demo_model)
     server = AppServer(appliance_home).start()
     try:
         set_up(page, server.url)
+        go(page, "Library")  # before any load: the kernels the build ships (12.2)
+        expect(main(page).get_by_text("llama.cpp CPU kernels shipped:")).to_be_visible()
         go(page, "Settings")
         form = page.get_by_test_id("stForm").filter(has_text="Save settings")
         fields = {
@@ -632,15 +635,31 @@ def test_settings_page_every_control(appliance_home: Path, demo_model: Path, pag
             "Unload an idle model after this many minutes": "5",
             "CPU threads for inference": "1",
             "Context size in tokens": "1024",
+            "Replies generated at once for a GGUF model": "3",
         }
         for label, value in fields.items():
             form.get_by_label(re.compile("^" + re.escape(label))).fill(value)
         form.get_by_test_id("stNumberInputStepUp").nth(1).click()  # keep-alive 5 -> 6
+        form.get_by_test_id("stNumberInputStepDown").nth(4).click()  # replies at once 3 -> 2
+        # The switch rule (12.3): two choices, "wait" at first; pick "stop at once".
+        rule = form.get_by_role("radiogroup")
+        expect(rule.get_by_role("radio")).to_have_count(2)
+        expect(rule.get_by_role("radio", name="Wait for the running replies")).to_be_checked()
+        form.get_by_text("Stop the running replies at once", exact=True).click()
+        expect(rule.get_by_role("radio", name="Stop the running replies at once")).to_be_checked()
         form.get_by_role("button", name="Save settings").click()
-        expect(page.get_by_text(re.compile("^Saved"))).to_be_visible()
+        saved_note = page.get_by_text(re.compile("^Saved: "))
+        expect(saved_note).to_be_visible()
+        for change in ("auto-lock 15 → 45 (now)", "keep-alive 30 → 6 (now)",
+                       "switch rule wait → stop at once (now)",
+                       "threads auto → 1 (from the next load)",
+                       "context auto → 1024 (from the next load)",
+                       "replies at once 4 → 2 (from the next load)"):  # fmt: skip
+            expect(saved_note).to_contain_text(change)
         shot(page, "settings")
         saved = app_settings.load(current())
         assert (saved["keep_alive_minutes"], saved["n_threads"], saved["n_ctx"]) == (6, 1, 1024)
+        assert (saved["parallel_slots"], saved["switch_rule"]) == (2, "cancel")
 
         # Kept across pages (10.5) and used by the next load.
         go(page, "Chat")
@@ -648,10 +667,20 @@ def test_settings_page_every_control(appliance_home: Path, demo_model: Path, pag
         form = page.get_by_test_id("stForm").filter(has_text="Save settings")
         expect(form.get_by_label(re.compile("^Lock the vault"))).to_have_value("45")
         expect(form.get_by_label(re.compile("^Unload an idle model"))).to_have_value("6")
+        expect(form.get_by_label(re.compile("^Replies generated at once"))).to_have_value("2")
+        expect(form.get_by_role("radio", name="Stop the running replies at once")).to_be_checked()
         go(page, "Library")
         page.get_by_role("button", name="Load", exact=True).click()
         expect(page.get_by_text(re.compile(r"is loaded \(llama\.cpp, 1 threads?, context 1024"))
                ).to_be_visible(timeout=90_000)  # fmt: skip
+        # Two slots from the settings; the sidebar counts them (12.5); the hardware panel
+        # names the kernels the server picked (12.2).
+        expect(sidebar(page)).to_contain_text("0 of 2 replies generating", timeout=10_000)
+        go(page, "Chat")
+        go(page, "Library")
+        expect(main(page)).to_contain_text(
+            re.compile(r"llama\.cpp CPU kernels: \S+, picked for this CPU when"), timeout=30_000
+        )
         go(page, "Settings")
 
         # Change the password: wrong current, differing, weak (10.3), then a good one.

@@ -139,6 +139,15 @@ def test_library_load_and_unload(run_page, demo: ModelEntry) -> None:
     assert not app.exception and not app.error
     status = services().host.status()
     assert (status.model_id, status.phase, status.backend) == (demo.id, "ready", "llama.cpp")
+    # Issue 12: llama-server with the settings' parallel slots (4 by default), and the
+    # hardware panel names the CPU kernels it picked.
+    assert (status.runs_in, status.capacity) == ("server", 4)
+    assert status.cpu_variant
+    app.run()
+    assert (
+        f"llama.cpp CPU kernels: **{status.cpu_variant}**, picked for this CPU when "
+        f"{demo.name} was loaded."
+    ) in [c.value for c in app.caption]
     next(b for b in app.button if b.label == "Unload").click().run()
     assert services().host.status().phase == "idle"
 

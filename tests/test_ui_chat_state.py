@@ -311,3 +311,87 @@ def test_completion_mode_continues_the_text_as_it_is(fake_engine, unlocked) -> N
     assert app.chat_message.len == 0
     assert len(app.session_state[f"completions-{plain}"]) == 1
     assert f"completions-{plain}".startswith(session.PRIVATE_PREFIXES)
+
+
+SETTINGS_SCRIPT = "from appliance.ui import settings_page\nsettings_page.render()\n"
+
+
+def test_settings_parallel_slots_and_switch_rule(fake_engine, unlocked) -> None:
+    """Issue 12.3: both are saved, the switch rule reaches the running host at once, the
+    slots the next load's options, and the page says what changed and when it applies."""
+    from appliance import app_settings
+
+    app = _app(unlocked, SETTINGS_SCRIPT)
+    rule = app.radio(key="set-switch_rule")
+    assert rule.value == "wait" and rule.options == [
+        "Wait for the running replies to finish",
+        "Stop the running replies at once",
+    ]
+    assert "Wait" in rule.help and "the text they had so far is kept" in rule.help
+    slots = app.number_input(key="set-parallel_slots")
+    assert (slots.value, slots.min, slots.max) == (4, 1, 16)
+    assert slots.label.startswith("Replies generated at once for a GGUF model")
+    slots.set_value(2)
+    rule.set_value("cancel")
+    next(b for b in app.button if b.label == "Save settings").click().run()
+    assert not app.error
+    assert app.success[0].value == (
+        "Saved: switch rule wait → stop at once (now); replies at once 4 → 2 (from the next load)."
+    )
+    saved = app_settings.load()
+    assert (saved["parallel_slots"], saved["switch_rule"]) == (2, "cancel")
+    host = services().host
+    assert host.switch_rule == "cancel"
+    assert host.default_options() == {"parallel": 2}  # what a reload after the keep-alive uses
+    next(b for b in app.button if b.label == "Save settings").click().run()
+    assert app.success[0].value == "Saved. Nothing changed."
+
+
+def test_a_bad_switch_rule_in_app_json_is_explained(fake_engine, unlocked, appliance_home) -> None:
+    (appliance_home / "config" / "app.json").write_text('{"switch_rule": "sometimes"}')
+    app = _app(unlocked, SETTINGS_SCRIPT)
+    assert not app.exception
+    assert "app.json.switch_rule must be one of wait, cancel, not 'sometimes'" in app.error[0].value
+    assert services().host.switch_rule == "wait"  # the app runs on, with the defaults
+
+
+def test_the_sidebar_says_a_worker_backend_serves_one_reply_at_a_time(model: str, unlocked) -> None:
+    """Issue 12.5: the fake backend runs in a worker, like transformers and ctransformers."""
+    from appliance.ui.engine_controls import ONE_AT_A_TIME
+
+    services().host.load(model)
+    app = AppTest.from_file(str(APP_ROOT / "streamlit_app.py"), default_timeout=60)
+    app.session_state["vault"] = unlocked
+    app.run()
+    captions = [c.value for c in app.sidebar.caption]
+    assert ONE_AT_A_TIME in captions
+    assert not [c for c in captions if "replies generating" in c]
+
+
+def test_occupancy_and_queue_messages() -> None:
+    """Issue 12.5: llama-server's slots in use and the queue; a worker's one at a time."""
+    from appliance.engine import HostStatus
+    from appliance.ui.engine_controls import ONE_AT_A_TIME, occupancy
+
+    server = HostStatus(model_id="m", name="M", phase="generating", runs_in="server",
+                        capacity=4, running=2, waiting=1)  # fmt: skip
+    assert occupancy(server) == "2 of 4 replies generating · 1 waiting"
+    assert occupancy(HostStatus(model_id="m", phase="ready", runs_in="server", capacity=4)) == (
+        "0 of 4 replies generating"
+    )
+    worker = HostStatus(model_id="m", phase="generating", runs_in="worker", running=1, waiting=2)
+    assert occupancy(worker) == f"{ONE_AT_A_TIME} 2 waiting."
+    assert occupancy(HostStatus()) == ""
+    assert occupancy(HostStatus(model_id="m", phase="loading", runs_in="server")) == ""
+
+    entry = type("Entry", (), {"id": "m", "name": "M"})()
+    other = type("Entry", (), {"id": "o", "name": "Other"})()
+    full = chat_page.queue_message(server, entry, 1)
+    assert full == "All 4 reply slots of this model are busy. You are number 1 in the queue."
+    assert chat_page.queue_message(worker, entry, 2) == (
+        "Another session is using the model, which serves one reply at a time. "
+        "You are number 2 in the queue."
+    )
+    assert chat_page.queue_message(server, other, 1) == (
+        "M is still generating replies; Other loads next. You are number 1 in the queue."
+    )

@@ -340,3 +340,77 @@ def test_a_remote_model_is_not_hashing_for_ever(appliance_home: Path) -> None:
     library.add_remote("http://127.0.0.1:9/v1", "far-away")
     [row] = rows(library.entries(), hardware.snapshot(), {})
     assert row["sha256"] == "remote"
+
+
+def test_the_hardware_panel_names_llama_cpp_cpu_kernels(
+    run_page, monkeypatch, tmp_path: Path
+) -> None:
+    """Issue 12.2: the kernels the loaded server picked; else what the build ships; a
+    missing build is a line that says so, not a crash."""
+    from appliance.engine import HostStatus
+    from appliance.engine.llama_server import cpu_variants, find_binary
+
+    def kernels(app: AppTest) -> str:
+        (line,) = [c.value for c in app.caption if c.value.startswith("llama.cpp CPU kernels")]
+        return line
+
+    app = run_page("library")
+    shipped = cpu_variants(find_binary())
+    assert kernels(app) == (
+        f"llama.cpp CPU kernels shipped: {', '.join(shipped)}. The best one this CPU "
+        "supports is picked when a GGUF model is loaded."
+    )
+    loaded = HostStatus(model_id="m", name="Tiny", backend="llama.cpp", phase="ready",
+                        runs_in="server", capacity=4, cpu_variant="zen4")  # fmt: skip
+    monkeypatch.setattr(services().host, "status", lambda: loaded)
+    app.run()
+    assert kernels(app) == (
+        "llama.cpp CPU kernels: **zen4**, picked for this CPU when Tiny was loaded."
+    )
+    monkeypatch.setattr(services().host, "status", HostStatus)
+    monkeypatch.setenv("APPLIANCE_LLAMA_SERVER", str(tmp_path / "no-such-llama-server"))
+    app.run()
+    assert not app.exception
+    assert kernels(app).startswith(
+        "llama.cpp CPU kernels: none, so GGUF models cannot be loaded. llama-server is not built"
+    )
+    # A build without variants (GGML_NATIVE) has its kernels inside the program.
+    native = tmp_path / "native" / "bin" / "llama-server"
+    native.parent.mkdir(parents=True)
+    native.write_text("#!/bin/sh\n")
+    native.chmod(0o755)
+    (native.parent.parent / "BUILD.json").write_text('{"flavour": "native"}')
+    monkeypatch.setenv("APPLIANCE_LLAMA_SERVER", str(native))
+    app.run()
+    assert kernels(app) == (
+        "llama.cpp CPU kernels: compiled into this native build of llama-server (no variants)."
+    )
+
+
+def test_the_memory_estimate_counts_every_parallel_slot(appliance_home: Path) -> None:
+    """Issue 12.3: a GGUF model on llama.cpp reserves one context per slot."""
+    from dataclasses import replace
+
+    from appliance import app_settings, hardware
+    from appliance.model_entry import ModelMetadata
+    from appliance.ui.library_page import estimate, rows
+
+    path = _settled(write_gguf(appliance_home / "models" / "kv.gguf"))
+    library = Library()
+    entry = library.register(path).entry
+    meta = ModelMetadata(layers=30, embedding=576, heads=9, kv_heads=3, context_length=8192)
+    entry = replace(entry, metadata=meta)
+    settings = app_settings.check({}, "defaults")
+    assert estimate(entry, settings) == (4096, 4)  # the engine's default context cap
+    assert estimate(entry, {**settings, "n_ctx": 1024, "parallel_slots": 2}) == (1024, 2)
+    small = replace(entry, metadata=replace(meta, context_length=2048))
+    assert estimate(small, settings) == (2048, 4)
+    other = replace(entry, backend="ctransformers")
+    assert estimate(other, settings) == (None, 1)  # one reply at a time; its own context
+    # The column: fits with one slot, not with sixteen.
+    one = hardware.memory_needed(entry, 4096, slots=1)
+    machine = hardware.Hardware(16 << 30, int(one / 0.8) + 1, 2, 2)
+    [row] = rows([entry], machine, {}, None, {**settings, "parallel_slots": 1})
+    assert row["Memory"] == "fits"
+    [row] = rows([entry], machine, {}, None, {**settings, "parallel_slots": 16})
+    assert row["Memory"] == "won't fit"

@@ -8,6 +8,10 @@ never leaves an empty conversation behind. Chat settings belong to the conversat
 this browser session (widgets with persist_state="session"), or become the model's
 defaults when saved as such.
 
+A queued request shows its place and why it waits: every reply slot of the model busy,
+a backend that serves one reply at a time, or another model's replies still running
+before a switch (the switch rule in Settings).
+
 Models without a chat template get a notice next to the model and a completion mode:
 the text goes to the model as it is and the model continues it.
 """
@@ -372,9 +376,9 @@ def _stream(
     with st.chat_message("assistant"):
         waiting = st.empty()
         while (position := generation.position()) > 0:
-            if svc.host.status().phase == "generating":  # someone else's reply is running
-                waiting.info(f"Another session is using the model. You are number {position} "
-                             "in the queue.")  # fmt: skip
+            status = svc.host.status()
+            if status.phase == "generating":  # others' replies are running
+                waiting.info(queue_message(status, entry, position))
             time.sleep(0.2)
         _wait_for_load(svc.host, entry, generation, waiting)
         waiting.empty()
@@ -388,6 +392,16 @@ def _stream(
             raise
         finally:
             stream.close()  # store what arrived now, not when the generator is collected
+
+
+def queue_message(status, entry: ModelEntry, position: int) -> str:
+    """Why a request waits, and its place in the queue."""
+    place = f"You are number {position} in the queue."
+    if status.model_id != entry.id:
+        return f"{status.name} is still generating replies; {entry.name} loads next. {place}"
+    if status.runs_in == "server":
+        return f"All {status.capacity} reply slots of this model are busy. {place}"
+    return f"Another session is using the model, which serves one reply at a time. {place}"
 
 
 def _wait_for_load(host, entry: ModelEntry, generation, waiting) -> None:

@@ -1,4 +1,9 @@
-"""Load, switch and unload controls, and the always-visible active-model panel."""
+"""Load, switch and unload controls, and the always-visible active-model panel.
+
+The panel says what the resident model is doing: for llama-server (parallel slots) how
+many replies are generating of how many it serves at once and how many wait; for the
+worker backends that it serves one reply at a time, so other sessions wait their turn.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 import streamlit as st
 
 from appliance import app_settings
+from appliance.engine import HostStatus
 from appliance.errors import ApplianceError
 from appliance.model_entry import ModelEntry
 from appliance.ui import session
@@ -25,9 +31,8 @@ PHASES = {"idle": "No model loaded", "loading": "Loading…", "ready": "Ready",
 
 
 def load_options() -> dict[str, Any]:
-    """Threads and context from the app settings (0 = the engine decides)."""
-    values = app_settings.load()
-    return {k: values[k] for k in ("n_threads", "n_ctx") if values[k]}
+    """Threads, context (0 = the engine decides) and parallel slots from the app settings."""
+    return app_settings.load_options()
 
 
 def load_buttons(entry: ModelEntry) -> None:
@@ -103,3 +108,22 @@ def _draw_panel(slot) -> None:
         if status.model_id:
             st.markdown(f"{status.name}  \n`{status.backend}` · `{status.architecture}`")
         st.caption(f"{PHASES.get(status.phase, status.phase)}{detail}")
+        load = occupancy(status)
+        if load:
+            st.caption(load)
+
+
+ONE_AT_A_TIME = "This backend serves one reply at a time, so other sessions wait their turn."
+
+
+def occupancy(status: HostStatus) -> str:
+    """How busy the resident model is: '2 of 4 replies generating · 1 waiting' for
+    llama-server; for a worker backend, that it serves one reply at a time ('' when no
+    model is ready)."""
+    if not status.model_id or status.phase not in ("ready", "generating"):
+        return ""
+    waiting = f" · {status.waiting} waiting" if status.waiting else ""
+    if status.runs_in == "server":
+        noun = "reply" if status.capacity == 1 else "replies"
+        return f"{status.running} of {status.capacity} {noun} generating{waiting}"
+    return ONE_AT_A_TIME + (f" {status.waiting} waiting." if status.waiting else "")

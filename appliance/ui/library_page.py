@@ -1,4 +1,11 @@
-"""The library page: every model with its header metadata, the hardware, and actions."""
+"""The library page: every model with its header metadata, the hardware, and actions.
+
+The Memory column estimates what a model needs with the app settings: the context per
+slot (Settings, else the engine's default for llama.cpp, else the model's own) and, for
+a llama.cpp model, one context per parallel slot. The hardware panel says which of
+llama.cpp's CPU kernels are in use: those the loaded GGUF model's server picked, else
+the ones the build ships (the best one is picked at load), or that it is not built.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,16 @@ from typing import Any
 
 import streamlit as st
 
+from appliance import app_settings, hardware
 from appliance import format as fmt
-from appliance import hardware
 from appliance.engine import HostStatus
+from appliance.engine.llama_server import (
+    ServerUnavailable,
+    build_info,
+    cpu_variants,
+    find_binary,
+)
+from appliance.engine.options import DEFAULT_CTX_CAP
 from appliance.errors import ApplianceError
 from appliance.model_entry import ModelEntry
 from appliance.sampling import SETTINGS, Setting
@@ -24,8 +38,11 @@ def rows(
     hw: hardware.Hardware,
     conversations: dict[str, int],
     active: HostStatus | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The table's rows, one per model; `active` marks the resident model."""
+    """The table's rows, one per model; `active` marks the resident model; `settings`
+    (the app settings; None: their defaults) size the memory estimate."""
+    settings = settings or app_settings.check({}, "defaults")
     return [
         {
             "Name": e.name,
@@ -35,12 +52,23 @@ def rows(
             "Model": _model_summary(e),
             "Context": e.metadata.context_length or None,
             "Size": fmt.size(e.size_bytes),
-            "Memory": hardware.fit(e, hw),
+            "Memory": hardware.fit(e, hw, *estimate(e, settings)),
             "Chats": conversations.get(e.id, 0),
             "sha256": _sha_cell(e),
         }
         for e in entries
     ]
+
+
+def estimate(entry: ModelEntry, settings: Mapping[str, Any]) -> tuple[int | None, int]:
+    """(context per slot, slots) the memory estimate assumes for entry, as a load would
+    use them: the settings' context, else for llama.cpp the engine's default cap (None:
+    the model's own); llama.cpp reserves one context per parallel slot."""
+    n_ctx = settings["n_ctx"] or None
+    if entry.backend != "llama.cpp":
+        return n_ctx, 1
+    trained = entry.metadata.context_length or DEFAULT_CTX_CAP
+    return n_ctx or min(trained, DEFAULT_CTX_CAP), settings["parallel_slots"]
 
 
 def _sha_cell(entry: ModelEntry) -> str:
@@ -83,7 +111,11 @@ COLUMNS = {
     ),
     "Context": st.column_config.NumberColumn(width=55, help="Trained context length."),
     "Size": st.column_config.TextColumn(width=68),
-    "Memory": st.column_config.TextColumn(width=62, help="Does it fit in the free memory?"),
+    "Memory": st.column_config.TextColumn(
+        width=62,
+        help="Does it fit in the free memory? Weights plus context memory; a GGUF model "
+        "reserves one context per parallel slot (Settings).",
+    ),
     "Chats": st.column_config.NumberColumn(width=40, help="Conversations in the history."),
     "sha256": st.column_config.TextColumn(width=95, help="The first 10 hex digits."),
 }
@@ -118,7 +150,11 @@ def _table() -> list[ModelEntry]:
                 "or use the Import page.")  # fmt: skip
         return []
     hw = hardware.snapshot()
-    table = rows(entries, hw, conversation_counts(), services().host.status())
+    try:
+        settings = app_settings.load()
+    except ApplianceError:  # the Settings page says what is wrong with the file
+        settings = None
+    table = rows(entries, hw, conversation_counts(), services().host.status(), settings)
     st.dataframe(table, hide_index=True, width="stretch", column_config=COLUMNS)
     return entries
 
@@ -197,6 +233,26 @@ def _hardware_panel(hw: hardware.Hardware) -> None:
         )
     else:
         cols[3].metric("GPU", "none", help="No NVIDIA GPU found; models run on the CPU.")
+    st.caption(llama_cpu_line(services().host.status()))
+
+
+def llama_cpu_line(status: HostStatus) -> str:
+    """Which llama.cpp CPU kernels run GGUF models: the loaded server's, else what the
+    build ships; a missing build is said, not raised."""
+    if status.runs_in == "server" and status.cpu_variant:
+        return (f"llama.cpp CPU kernels: **{status.cpu_variant}**, picked for this CPU when "
+                f"{status.name} was loaded.")  # fmt: skip
+    try:
+        binary = find_binary()
+    except ServerUnavailable as exc:
+        return f"llama.cpp CPU kernels: none, so GGUF models cannot be loaded. {exc}"
+    variants = cpu_variants(binary)
+    if not variants:
+        flavour = build_info(binary).get("flavour")
+        build = f"this {flavour} build" if flavour else "this build"
+        return f"llama.cpp CPU kernels: compiled into {build} of llama-server (no variants)."
+    return (f"llama.cpp CPU kernels shipped: {', '.join(variants)}. The best one this CPU "
+            "supports is picked when a GGUF model is loaded.")  # fmt: skip
 
 
 def _actions(entries: list[ModelEntry]) -> None:

@@ -1,4 +1,10 @@
-"""The settings page: password change, auto-lock, keep-alive, threads, context, lock now."""
+"""The settings page: auto-lock, keep-alive, threads, context, parallel slots, the switch
+rule, password change, lock now.
+
+Saving says what changed and when it applies: the auto-lock, keep-alive and switch rule
+at once (pushed into this session's vault and the running host), threads, context and
+parallel slots from the next load (the host reads them from the settings at each load).
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ def _app_settings() -> None:
     with st.form("app-settings"):
         minutes = st.number_input("Lock the vault after this many idle minutes.", 1, 1440,
                                   int(auto_lock), key="set-auto-lock")  # fmt: skip
-        values = {s.name: _number(s, current[s.name]) for s in APP_SETTINGS}
+        values = {s.name: _input(s, current[s.name]) for s in APP_SETTINGS}
         if st.form_submit_button("Save settings", type="primary"):
             try:
                 vault.set_auto_lock_s(int(minutes) * 60, session.unlocked(touch=False))
@@ -47,17 +53,78 @@ def _app_settings() -> None:
                 st.error(str(exc))
                 return
             apply(saved, int(minutes) * 60)
-            st.success("Saved. Keep-alive applies now; threads and context from the next load.")
+            before = {**current, "auto_lock_minutes": int(auto_lock)}
+            st.success(saved_message(before, {**saved, "auto_lock_minutes": int(minutes)}))
 
 
-def _number(setting, value: int) -> int:
+SWITCH_LABELS = {
+    "wait": "Wait for the running replies to finish",
+    "cancel": "Stop the running replies at once",
+}
+SWITCH_HELP = (
+    "Applies to Load and Switch on the Library page and to a chat message for a model "
+    "that is not loaded. **Wait**: the switch waits until the replies the current model "
+    "is generating for any session have finished, then loads the other model. **Stop at "
+    "once**: those replies end at once with a message saying the model was switched; the "
+    "text they had so far is kept."
+)
+SLOTS_HELP = (
+    "llama.cpp (GGUF) models only, from their next load: this many chat sessions get "
+    "their replies at the same time; more wait in the queue. Each slot reserves memory "
+    "for its own context, so the Library's memory estimate grows with it. The other "
+    "backends serve one reply at a time."
+)
+# Names in the "Saved" message, and whether the change applies now or at the next load.
+CHANGES = {
+    "auto_lock_minutes": ("auto-lock", "now"),
+    "keep_alive_minutes": ("keep-alive", "now"),
+    "switch_rule": ("switch rule", "now"),
+    "n_threads": ("threads", "from the next load"),
+    "n_ctx": ("context", "from the next load"),
+    "parallel_slots": ("replies at once", "from the next load"),
+}
+
+
+def _input(setting, value):
+    """The widget of one app setting: a number within its bounds, or a Choice's options."""
+    key = f"set-{setting.name}"
+    if isinstance(setting, app_settings.Choice):
+        return st.radio(setting.description, setting.choices,
+                        index=setting.choices.index(value), key=key,
+                        format_func=lambda rule: SWITCH_LABELS.get(rule, rule),
+                        help=SWITCH_HELP)  # fmt: skip
+    help_text = SLOTS_HELP if setting.name == "parallel_slots" else None
     return st.number_input(setting.description, int(setting.low), int(setting.high), int(value),
-                           key=f"set-{setting.name}")  # fmt: skip
+                           key=key, help=help_text)  # fmt: skip
+
+
+def saved_message(before: dict, after: dict) -> str:
+    """'Saved: keep-alive 30 → 5 (now), ...', or that nothing changed."""
+    changed = [
+        f"{label} {_shown(name, before[name])} → {_shown(name, after[name])} ({when})"
+        for name, (label, when) in CHANGES.items()
+        if before.get(name) != after.get(name)
+    ]
+    if not changed:
+        return "Saved. Nothing changed."
+    return "Saved: " + "; ".join(changed) + "."
+
+
+def _shown(name: str, value) -> str:
+    if name == "switch_rule":
+        return "stop at once" if value == "cancel" else "wait"
+    if value == 0 and name in ("n_threads", "n_ctx"):
+        return "auto"
+    if value == 0 and name == "keep_alive_minutes":
+        return "never"
+    return str(value)
 
 
 def apply(values: dict, auto_lock_s: int) -> None:
     """Push settings into the running host and this session's vault."""
-    services().host.keep_alive_s = values["keep_alive_minutes"] * 60
+    host = services().host
+    host.keep_alive_s = values["keep_alive_minutes"] * 60
+    host.switch_rule = values["switch_rule"]  # threads, context, slots: read at each load
     unlocked = session.unlocked(touch=False)
     if unlocked is not None:
         unlocked.idle_timeout_s = auto_lock_s
