@@ -1,8 +1,14 @@
-"""The inference engine: backends, the worker process and the host the UI keeps.
+"""The inference engine: backends, the processes that hold models, and the host.
 
-host.py (queue, keep-alive, switching, the spare worker, status) drives each worker
-through protocol.WorkerClient; protocol.py holds every message between the two;
-worker.py runs one backend (backends/) in its own process, spawned by process.py.
+host.py (queue, admission, keep-alive, switching, the spare worker, status) drives the
+resident model through a Runner (runners.py):
+- GGUF: ServerRunner. backends/llama_cpp.py starts llama.cpp's own server
+  (llama_server.py: one `llama-server` process per resident model, on a private Unix
+  socket with a per-process key) and serves N requests at once over its parallel slots;
+- the others (transformers, ctransformers, remote): WorkerRunner. worker.py runs one
+  backend (backends/) in its own process, spawned by process.py, one request at a time,
+  spoken to through protocol.WorkerClient; protocol.py holds every message between them.
+backends/base.py:run_chat is how a request runs on either: fit, stream, done.
 
 from appliance.engine import Host
 host = Host(library)
