@@ -292,7 +292,10 @@ def test_worker_backends_still_serve_one_at_a_time(library: Library) -> None:
     try:
         model = add_fake_model(library, "slow", reply="one two three", delay_s=0.05)
         gens = [host.chat(model, ask("hi")) for _ in range(3)]
-        time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while host.status().running == 0:  # the first request loads the model
+            assert time.monotonic() < deadline, "the first request never started"
+            time.sleep(0.01)
         status = host.status()
         assert (status.capacity, status.running, status.runs_in) == (1, 1, "worker")
         assert [g.position() for g in gens[1:]] == [1, 2]
