@@ -131,12 +131,16 @@ def test_drop_in_while_running(appliance_home: Path, page: Page, tmp_path: Path)
         server.stop()
 
 
-def test_two_sessions_queue(
+def test_sessions_share_the_slots_then_queue(
     appliance_home: Path, demo_model: Path, new_page: Callable[[], Page]
 ) -> None:
+    """Two slots: two browser sessions generate at once; a third waits its turn."""
     with_demo(appliance_home, demo_model, max_tokens=8000)
+    config = appliance_home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "app.json").write_text('{"parallel_slots": 2}')
     server = AppServer(appliance_home).start()
-    first, second = new_page(), new_page()
+    first, second, third = new_page(), new_page(), new_page()
     try:
         set_up(first, server.url)
         second.goto(server.url)  # unlocking one browser session does not unlock another
@@ -144,11 +148,17 @@ def test_two_sessions_queue(
         expect(second.get_by_role("link", name="Chat")).to_have_count(0)
         unlock(second, server.url)
         expect(second.get_by_role("link", name="Chat")).to_be_visible()
+        unlock(third, server.url)
+        expect(third.get_by_role("link", name="Chat")).to_be_visible()
         send(first, "Write a very long story about a dragon, at least 2000 words.")
         expect(first.get_by_test_id("stChatMessage").nth(1)).to_contain_text(" ", timeout=60_000)
-        send(second, "Hello?")
-        expect(second.get_by_text("You are number 1 in the queue")).to_be_visible(timeout=15_000)
-        shot(second, "chat-queued")
+        send(second, "Write a very long story about a knight, at least 2000 words.")
+        # The second reply streams while the first is still generating: no queue.
+        expect(second.get_by_test_id("stChatMessage").nth(1)).to_contain_text(" ", timeout=60_000)
+        expect(second.get_by_text("2 of 2 replies generating")).to_be_visible(timeout=15_000)
+        send(third, "Hello?")
+        expect(third.get_by_text("You are number 1 in the queue")).to_be_visible(timeout=15_000)
+        shot(third, "chat-queued")
         threading.Event().wait(0.5)
     finally:
         server.stop()
