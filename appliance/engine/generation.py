@@ -38,6 +38,8 @@ class ChatRequest:
     settings: dict[str, Any]
     api_key: str | None = None
     raw: bool = False  # a completion of messages[0]'s text (Host.chat)
+    truncate: bool = True  # drop the oldest turns to fit (the UI); False: all or an error
+    source: str = "ui"  # who asked: "ui" (a browser session or the CLI) or "api" (/v1)
 
 
 _END = object()

@@ -35,7 +35,13 @@ from typing import Any
 
 from appliance.engine import backends as backend_table
 from appliance.engine import prompt
-from appliance.engine.errors import EngineBusy, EngineError, ModelLoadError, WorkerCrashed
+from appliance.engine.errors import (
+    EngineBusy,
+    EngineError,
+    InvalidChat,
+    ModelLoadError,
+    WorkerCrashed,
+)
 from appliance.engine.generation import ChatRequest, Generation
 from appliance.engine.options import check_options
 from appliance.engine.protocol import (
@@ -73,6 +79,7 @@ class HostStatus:
     capacity: int = 1  # requests the resident model generates at once
     running: int = 0  # requests generating now
     waiting: int = 0  # requests in the queue
+    api_running: int = 0  # of the running requests, those from the /v1 API
     runs_in: str | None = None  # "server" (llama-server) or "worker"
     cpu_variant: str | None = None  # llama.cpp's CPU kernels, when it reports them
 
@@ -137,7 +144,9 @@ class Host:
     # -- public API -----------------------------------------------------------------
     def status(self) -> HostStatus:
         with self._cond:
-            return replace(self._status, running=len(self._running), waiting=len(self._waiting))
+            api = sum(1 for gen in self._running if gen.request.source == "api")
+            return replace(self._status, running=len(self._running), waiting=len(self._waiting),
+                           api_running=api)  # fmt: skip
 
     def load(
         self,
@@ -192,11 +201,16 @@ class Host:
         settings: dict[str, Any] | None = None,
         api_key: str | None = None,
         raw: bool = False,
+        truncate: bool = True,
+        source: str = "ui",
     ) -> Generation:
         """Queue a chat request and return its Generation (EngineBusy when the queue is full).
 
         raw: a completion. The one message's text goes to the model as it is (no chat
         template, no system prompt) and the model continues it; see supports_completion.
+        truncate: drop the oldest turns when the history does not fit (the UI); False
+        raises ContextOverflow with the token counts instead (the API: never a silent cut).
+        source: "ui" or "api", for the status.
         """
         entry = self.library.get(model_id)
         clean = prompt.check_messages(messages)
@@ -208,7 +222,7 @@ class Host:
         if raw:
             prompt.check_completion(clean, backend.completion, entry.backend)
         request = ChatRequest(model_id, None if raw else system or None, clean, merged, api_key,
-                              raw)  # fmt: skip
+                              raw, truncate, source)  # fmt: skip
         with self._cond:
             if self._closed:
                 raise EngineError("The engine has been shut down.")
@@ -221,6 +235,31 @@ class Host:
             self._waiting.append(gen)
             self._cond.notify_all()
         return gen
+
+    def embed(
+        self, model_id: str, inputs: list[str], *, api_key: str | None = None
+    ) -> tuple[list[list[float]], int]:
+        """(one vector per input, prompt tokens) from a GGUF model, loading it (or
+        switching to it, as a chat would) first."""
+        entry = self.library.get(model_id)
+        if not self.serves_in_parallel(model_id):
+            raise InvalidChat(
+                f"Embeddings need a GGUF model run by llama.cpp; {entry.name} uses the "
+                f"{entry.backend} backend."
+            )
+        with self._run_lock:
+            self._ensure_loaded(entry, api_key, None, None)
+            runner = self._resident
+            self._last_used = self.clock()
+        assert isinstance(runner, ServerRunner)
+        try:
+            return runner.embed(inputs)
+        except WorkerDied as exc:
+            self._forget(runner, f"the model's process died: {exc}")
+            raise WorkerCrashed(
+                f"The process running {entry.name} died ({exc}) while computing embeddings. "
+                "The next request reloads the model."
+            ) from None
 
     def supports_completion(self, model_id: str) -> bool:
         """Whether the model's backend can continue raw text (chat(..., raw=True))."""

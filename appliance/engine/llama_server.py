@@ -158,6 +158,7 @@ class ServerOptions:
     alias: str | None = None  # the model name the server reports
     metrics: bool = True  # /metrics (Prometheus text)
     slots: bool = True  # /slots
+    embeddings: bool = False  # /v1/embeddings too (mean pooling); generation is unchanged
     extra_args: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -186,6 +187,8 @@ class ServerOptions:
         if self.metrics:
             args.append("--metrics")  # off by default; there is no --no-metrics
         args.append("--slots" if self.slots else "--no-slots")
+        if self.embeddings:
+            args += ["--embeddings", "--pooling", "mean"]
         return [*args, *self.extra_args]
 
 
@@ -658,6 +661,10 @@ class LlamaClient:
     def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         body = self._json("POST", "/tokenize", {"content": text, "add_special": add_special})
         return list(body["tokens"])
+
+    def embeddings(self, inputs: list[str]) -> dict[str, Any]:
+        """OpenAI's embedding list for the inputs (needs ServerOptions.embeddings)."""
+        return self._json("POST", "/v1/embeddings", {"input": inputs})
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._json("POST", "/detokenize", {"tokens": tokens})["content"]

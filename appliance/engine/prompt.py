@@ -133,6 +133,28 @@ def fit(
     )
 
 
+def fit_whole(
+    system: str | None,
+    messages: list[Message],
+    count: Callable[[list[Message]], int],
+    n_ctx: int,
+    max_tokens: int,
+) -> Fitted:
+    """Every message or none (the API: never a silent cut). Raises ContextOverflow with
+    the token counts when the whole prompt leaves no room for the reply."""
+    whole = with_system(system, messages)
+    tokens = count(whole)
+    budget = n_ctx - reply_reserve(max_tokens, n_ctx)
+    if tokens > budget:
+        raise ContextOverflow(
+            f"The messages take {tokens:,} tokens with the model's chat template; its "
+            f"context window holds {n_ctx:,} tokens, {n_ctx - budget:,} of them kept for the "
+            f"reply, so at most {budget:,} fit. Shorten the messages, lower max_tokens, or "
+            "load the model with a larger context (n_ctx)."
+        )
+    return Fitted(whole, 0, tokens, max(1, min(max_tokens, n_ctx - tokens)))
+
+
 def fit_text(text: str, count: Callable[[str], int], n_ctx: int, max_tokens: int) -> Fitted:
     """For a completion: the text must fit whole, with room kept for the continuation."""
     prompt_tokens = count(text)

@@ -3,7 +3,7 @@
 Requests (host -> worker) and events (worker -> host) are frozen dataclasses:
 
     requests  Load(target, path, entry, options, api_key)    Chat(id, system, messages,
-              settings, raw)    Cancel(id)    Exit()
+              settings, raw, truncate)    Cancel(id)    Exit()
     events    Progress(text)    Loaded(context_length, ...)    Fitted(id, dropped,
               prompt_tokens, context_length)    Chunk(id, text)    Done(id, finish,
               completion_tokens)    Error(id, kind, message)
@@ -87,6 +87,7 @@ class Chat:
     messages: list[dict[str, str]]
     settings: dict[str, Any]  # merged and checked; max_tokens is always present
     raw: bool = False  # complete messages[0]'s text as it is (Backend.complete)
+    truncate: bool = True  # drop the oldest turns to fit; False: ContextOverflow instead
 
 
 @dataclass(frozen=True)
@@ -312,11 +313,12 @@ class WorkerClient:
         messages: list[dict[str, str]],
         settings: dict[str, Any],
         raw: bool = False,
+        truncate: bool = True,
     ) -> Iterator[ChatEvent]:
         """Send the chat now; the iterator yields its events up to Done or Error."""
         with self._send_lock:
             self._next_id += 1
-            request = Chat(self._next_id, system, messages, settings, raw)
+            request = Chat(self._next_id, system, messages, settings, raw, truncate)
             self._send_unlocked(request)
             self._chat_id = request.id
         return self._events(request.id)

@@ -86,7 +86,7 @@ class WorkerRunner(Runner):
 
     def chat(self, request: ChatRequest, cancel: threading.Event) -> Iterator[ChatEvent]:
         events = self.worker.chat(request.system, request.messages, request.settings,
-                                  raw=request.raw)  # fmt: skip
+                                  raw=request.raw, truncate=request.truncate)  # fmt: skip
         if cancel.is_set():
             self.worker.cancel()
         return events
@@ -140,7 +140,7 @@ class ServerRunner(Runner):
         with self._lock:
             self._ids += 1
             chat = Chat(self._ids, request.system, request.messages, request.settings,
-                        request.raw)  # fmt: skip
+                        request.raw, request.truncate)  # fmt: skip
         return self._events(chat, cancel)
 
     def _events(self, chat: Chat, cancel: threading.Event) -> Iterator[ChatEvent]:
@@ -160,6 +160,13 @@ class ServerRunner(Runner):
         finally:
             with self._lock:
                 self._sessions.pop(cancel, None)
+
+    def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        """(one vector per input, prompt tokens) from the server's /v1/embeddings."""
+        try:
+            return self.backend.embed(inputs)
+        except ServerLost as exc:
+            raise WorkerDied(f"llama-server: {exc.how}") from None
 
     def cancel(self, cancel: threading.Event) -> None:
         with self._lock:

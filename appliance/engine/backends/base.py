@@ -126,8 +126,9 @@ def run_chat(
                                  settings["max_tokens"])  # fmt: skip
         stream = lambda: backend.complete(source, settings, cancel)  # noqa: E731
     else:
-        fitted = prompt.fit(request.system, request.messages, backend.count_tokens,
-                            context_length, settings["max_tokens"])  # fmt: skip
+        fit = prompt.fit if request.truncate else prompt.fit_whole
+        fitted = fit(request.system, request.messages, backend.count_tokens, context_length,
+                     settings["max_tokens"])  # fmt: skip
         stream = lambda: backend.chat(fitted.messages, settings, cancel)  # noqa: E731
     yield Fitted(request.id, fitted.dropped, fitted.prompt_tokens, context_length)
     settings["max_tokens"] = fitted.max_tokens

@@ -28,7 +28,7 @@ from typing import Any
 
 from appliance.engine import options as opts
 from appliance.engine.backends.base import Backend, Loaded, LoadSpec, Log, Message
-from appliance.engine.errors import GenerationError
+from appliance.engine.errors import GenerationError, InvalidChat
 from appliance.engine.llama_server import (
     LlamaClient,
     LlamaServer,
@@ -94,7 +94,7 @@ class LlamaCppBackend(Backend):
         options = ServerOptions(
             n_ctx=n_ctx * parallel, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
             parallel=parallel, kv_unified=True, n_batch=min(MAX_BATCH, n_ctx),
-            alias=spec.entry.id,
+            alias=spec.entry.id, embeddings=True,
         )  # fmt: skip
         self.server = LlamaServer(path, options, binary=binary)
         self.server.start()  # ModelLoadError with llama.cpp's reason
@@ -124,6 +124,15 @@ class LlamaCppBackend(Backend):
 
     def alive(self) -> bool:
         return self.server.alive()
+
+    def embed(self, inputs: list[str]) -> tuple[list[list[float]], int]:
+        """(one mean-pooled vector per input, prompt tokens), computed by the server."""
+        try:
+            body = self.server.client().embeddings(inputs)
+        except ServerHTTPError as exc:
+            raise InvalidChat(f"llama.cpp could not embed the input: {exc}") from None
+        vectors = [item["embedding"] for item in sorted(body["data"], key=lambda d: d["index"])]
+        return vectors, int((body.get("usage") or {}).get("prompt_tokens") or 0)
 
     @property
     def pid(self) -> int | None:
