@@ -14,7 +14,7 @@ EXTRAS := legacy,transformers,dev
 .PHONY: run test install llama-server demo-model browser-deps lint container-smoke
 
 run: install demo-model
-	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port 8501
+	$(VENV)/bin/streamlit run appliance_server.py --server.address 127.0.0.1 --server.port 8501
 
 test: install demo-model browser-deps
 	$(PY) -m ruff check .

@@ -4,11 +4,15 @@
    says how to fix the ownership on the host when they are not.
 2. Seeds the demo model into an empty models/ folder (a fresh volume). A folder holding
    anything at all is left alone: a user's file is never overwritten or added to.
-3. Runs the drop-in watcher (`appliance models watch`, which first registers what was
-   copied while the container was down) and the Streamlit server side by side, so
-   weights dragged into the models volume register themselves even while no browser is
-   open. It forwards SIGTERM/SIGINT to both, reaps every child (it runs as
-   PID 1), and exits when either stops, so the container's restart policy applies.
+3. Runs the web server (appliance_server.py: the UI and the /v1 API on one port). The
+   server starts the library, its drop-in watcher (which first registers what was
+   copied while the container was down) and the engine when it starts, so weights
+   dragged into the models volume register themselves, and the API answers, even while
+   no browser is open: one watcher, in one process. HTTPS for both the UI and the API
+   is one setting: APPLIANCE_TLS_CERT and APPLIANCE_TLS_KEY, the operator's PEM
+   certificate and key (Streamlit serves TLS itself). The entrypoint forwards
+   SIGTERM/SIGINT, reaps every child (it runs as PID 1), and exits when the server
+   stops, so the container's restart policy applies.
 """
 
 from __future__ import annotations
@@ -79,12 +83,39 @@ def seed_demo(paths: Paths, demo: Path = DEMO_MODEL) -> str | None:
     return import_path(library, demo, "copy").id
 
 
-def commands() -> list[list[str]]:
-    """The watcher and the Streamlit server (address and port come from STREAMLIT_*)."""
-    return [
-        [sys.executable, "-m", "appliance", "models", "watch"],
-        [sys.executable, "-m", "streamlit", "run", str(APP_ROOT / "streamlit_app.py")],
-    ]
+class TlsFileError(ApplianceError):
+    """APPLIANCE_TLS_CERT / APPLIANCE_TLS_KEY set wrongly."""
+
+
+def tls_args(env: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
+    """Streamlit's HTTPS options from APPLIANCE_TLS_CERT and APPLIANCE_TLS_KEY (both or
+    neither; each a readable PEM file); [] when neither is set."""
+    cert, key = env.get("APPLIANCE_TLS_CERT", ""), env.get("APPLIANCE_TLS_KEY", "")
+    if not cert and not key:
+        return []
+    if not cert or not key:
+        raise TlsFileError(
+            "HTTPS needs both APPLIANCE_TLS_CERT (the certificate) and APPLIANCE_TLS_KEY "
+            "(its private key), as PEM files; set both, or neither for plain HTTP."
+        )
+    for name, path, marker in (("APPLIANCE_TLS_CERT", cert, b"CERTIFICATE"),
+                               ("APPLIANCE_TLS_KEY", key, b"PRIVATE KEY")):  # fmt: skip
+        try:
+            head = Path(path).read_bytes()[:4096]
+        except OSError as exc:
+            raise TlsFileError(
+                f"{name}={path} cannot be read ({exc.strerror}). Mount the file into the "
+                "container and make it readable by the container's user."
+            ) from None
+        if b"-----BEGIN" not in head or marker not in head:
+            raise TlsFileError(f"{name}={path} is not a PEM file with a {marker.decode()}.")
+    return ["--server.sslCertFile", cert, "--server.sslKeyFile", key]
+
+
+def commands(env: dict[str, str] | os._Environ[str] = os.environ) -> list[list[str]]:
+    """The web server (address and port come from STREAMLIT_*; HTTPS from tls_args)."""
+    server = str(APP_ROOT / "appliance_server.py")
+    return [[sys.executable, "-m", "streamlit", "run", server, *tls_args(env)]]
 
 
 def supervise(cmds: Sequence[Sequence[str]], cwd: Path) -> int:
@@ -145,10 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeded = seed_demo(paths)
         if seeded:
             print(f"seeded the demo model into {paths.models} ({seeded})", flush=True)
+        cmds = commands()
     except (ApplianceError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    return supervise(commands(), APP_ROOT)
+    return supervise(cmds, APP_ROOT)
 
 
 if __name__ == "__main__":

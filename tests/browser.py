@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -187,7 +188,8 @@ def free_port() -> int:
 
 
 class AppServer:
-    """`streamlit run streamlit_app.py` on a free loopback port, with its own home.
+    """`streamlit run appliance_server.py` (the UI and the /v1 API) on a free loopback
+    port, with its own home; `scheme="https"` with `tls=(cert, key)`.
 
     `AppServer.origins` holds the origin of every server started in this process: the
     only hosts a guarded page may talk to.
@@ -195,18 +197,23 @@ class AppServer:
 
     origins: set[str] = set()
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, env: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:  # fmt: skip
         self.home = home
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = home / "streamlit.log"
         self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> AppServer:
         env = {**os.environ, "APPLIANCE_HOME": str(self.home), **self.extra_env}
-        cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ROOT / "streamlit_app.py"),
+        cmd = [sys.executable, "-m", "streamlit", "run", str(APP_ROOT / "appliance_server.py"),
                "--server.port", str(self.port), "--server.address", "127.0.0.1"]  # fmt: skip
+        if self.tls:
+            cmd += ["--server.sslCertFile", str(self.tls[0]), "--server.sslKeyFile",
+                    str(self.tls[1])]  # fmt: skip
         self.home.mkdir(parents=True, exist_ok=True)
         AppServer.origins.add(origin(self.url))
         self.proc = subprocess.Popen(cmd, cwd=APP_ROOT, env=env, stdout=self.log.open("w"),
@@ -214,7 +221,8 @@ class AppServer:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1)
+                context = ssl._create_unverified_context() if self.tls else None
+                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=1, context=context)
                 return self
             except OSError:
                 time.sleep(0.2)

@@ -1,4 +1,5 @@
-"""A full journey (set-up, load the demo model, chat) run inside the offline namespace.
+"""A full journey (set-up, load the demo model, chat) run inside the offline namespace,
+then an API call (a key, a streamed /v1/chat/completions).
 
 Used by test_offline_proof.py: `python tests/offline_journey.py URL`. The browser's own
 requests are recorded too (tests/browser.py's Guard): one to any host but the app's, a
@@ -7,7 +8,9 @@ console error or a Streamlit exception box ends the journey with exit status 1.
 
 from __future__ import annotations
 
+import json
 import sys
+import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -41,6 +44,32 @@ def main(url: str) -> None:
     if found:
         sys.exit("the browser saw:\n- " + "\n- ".join(found))
     print(f"journey done ({len(guard.requests)} requests, all to {origin(url)})")
+    api_call(url)
+
+
+def api_call(url: str) -> None:
+    """A key made as `appliance api-keys create` makes it, then a streamed chat."""
+    from appliance.api.keys import KeyStore
+    from appliance.library.library import Library
+
+    _key, secret = KeyStore().create("offline proof")
+    model = Library().entries()[0].id
+    body = {"model": model, "stream": True, "temperature": 0,
+            "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                         {"role": "user", "content": "What is the capital of France?"}]}  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        events = [line for line in answer.read().decode().splitlines() if line.startswith("data:")]
+    text = "".join(
+        (json.loads(e[5:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for e in events[:-1]
+    )
+    if events[-1] != "data: [DONE]" or "Paris" not in text:
+        sys.exit(f"the API answered {events!r}")
+    print(f"api done ({len(events)} events: {text!r})")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_full_journey_connects_only_to_loopback(
 ) -> None:
     with_demo(appliance_home, demo_model)
     trace, log = tmp_path / "connect.trace", tmp_path / "streamlit.log"
-    env = {"PY": sys.executable, "APP": str(APP_ROOT / "streamlit_app.py"), "LOG": str(log),
+    env = {"PY": sys.executable, "APP": str(APP_ROOT / "appliance_server.py"), "LOG": str(log),
            "TRACE": str(trace), "PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(tmp_path),
            "APPLIANCE_HOME": str(appliance_home), "PYTHONPATH": str(APP_ROOT)}  # fmt: skip
     proc = subprocess.Popen(
@@ -64,6 +64,7 @@ def test_full_journey_connects_only_to_loopback(
     lines = out.splitlines()
     assert lines[0] == "network unreachable", out
     assert re.fullmatch(r"journey done \(\d+ requests, all to 127\.0\.0\.1:8766\)", lines[1]), out
+    assert lines[2].startswith("api done (") and "Paris" in lines[2], out
     calls = [line for line in trace.read_text().splitlines() if INET.search(line)]
     # The trace works: it saw the server bind its loopback port.
     assert any("bind(" in c and "htons(8766)" in c for c in calls), trace.read_text()[:2000]
