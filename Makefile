@@ -44,11 +44,12 @@ demo-model: install
 	$(PY) scripts/fetch-demo-model
 
 # The end-to-end tests drive Debian's Chromium with Playwright (its own browser
-# download cannot work offline); the offline proof traces the app with strace.
-# Installed once; skipped when present.
+# download cannot work offline); the offline proof traces the app with strace; the API
+# tests call /v1 with curl. Installed once; skipped when present.
 browser-deps:
-	@test -x /usr/bin/chromium -a -x /usr/bin/strace || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver strace; }
+	@test -x /usr/bin/chromium -a -x /usr/bin/strace -a -x /usr/bin/curl || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		chromium chromium-driver strace curl; }
 
 # The container appliance end to end (root; installs podman & co with apt-get); its
 # browser journey runs Playwright from .venv.
