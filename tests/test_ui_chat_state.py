@@ -376,6 +376,9 @@ def test_occupancy_and_queue_messages() -> None:
     server = HostStatus(model_id="m", name="M", phase="generating", runs_in="server",
                         capacity=4, running=2, waiting=1)  # fmt: skip
     assert occupancy(server) == "2 of 4 replies generating · 1 waiting"
+    from_api = HostStatus(model_id="m", phase="generating", runs_in="server", capacity=4,
+                          running=3, api_running=2)  # fmt: skip
+    assert occupancy(from_api) == "3 of 4 replies generating · 2 from the API"
     assert occupancy(HostStatus(model_id="m", phase="ready", runs_in="server", capacity=4)) == (
         "0 of 4 replies generating"
     )

@@ -117,13 +117,15 @@ ONE_AT_A_TIME = "This backend serves one reply at a time, so other sessions wait
 
 
 def occupancy(status: HostStatus) -> str:
-    """How busy the resident model is: '2 of 4 replies generating · 1 waiting' for
-    llama-server; for a worker backend, that it serves one reply at a time ('' when no
+    """How busy the resident model is: '2 of 4 replies generating · 1 from the API · 1
+    waiting' for llama-server; for a worker backend, that it serves one reply at a time ('' when no
     model is ready)."""
     if not status.model_id or status.phase not in ("ready", "generating"):
         return ""
     waiting = f" · {status.waiting} waiting" if status.waiting else ""
+    api = f" · {status.api_running} from the API" if status.api_running else ""
     if status.runs_in == "server":
         noun = "reply" if status.capacity == 1 else "replies"
-        return f"{status.running} of {status.capacity} {noun} generating{waiting}"
-    return ONE_AT_A_TIME + (f" {status.waiting} waiting." if status.waiting else "")
+        return f"{status.running} of {status.capacity} {noun} generating{api}{waiting}"
+    return ONE_AT_A_TIME + (f" {status.waiting} waiting." if status.waiting else "") + (
+        " An API request is running." if status.api_running else "")  # fmt: skip
