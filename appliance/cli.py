@@ -19,8 +19,9 @@ from appliance.errors import ApplianceError
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
-# Command groups, in the order `appliance --help` lists them.
-GROUPS = ("models", "chat", "history", "vault", "bench")
+# Command groups, in the order `appliance --help` lists them; the module of each is
+# appliance/commands/<name with "-" as "_">.py.
+GROUPS = ("models", "chat", "history", "vault", "api-keys", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="group", required=True, metavar="{" + ",".join(GROUPS) + "}"
     )
     for name in GROUPS:
-        importlib.import_module(f"appliance.commands.{name}").register(groups)
+        importlib.import_module(f"appliance.commands.{name.replace('-', '_')}").register(groups)
     return parser
 
 

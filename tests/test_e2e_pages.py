@@ -22,6 +22,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 from appliance import app_settings
+from appliance.api.keys import KeyStore
 from appliance.library.library import Library
 from appliance.paths import current
 from tests.browser import (
@@ -621,7 +622,7 @@ def test_import_page_every_route(
 
 def test_settings_page_every_control(appliance_home: Path, demo_model: Path, page: Page) -> None:
     """Auto-lock, keep-alive, threads, context, replies at once, switch rule (saved, kept,
-    used), password change, Lock."""
+    used), API keys (created, shown once, listed, revoked), password change, Lock."""
     with_demo(appliance_home, demo_model)
     server = AppServer(appliance_home).start()
     try:
@@ -682,6 +683,34 @@ def test_settings_page_every_control(appliance_home: Path, demo_model: Path, pag
             re.compile(r"llama\.cpp CPU kernels: \S+, picked for this CPU when"), timeout=30_000
         )
         go(page, "Settings")
+
+        # API keys (13.3): create one, shown once, listed; revoke it after the confirm step.
+        key_form = page.get_by_test_id("stForm").filter(has_text="Create key")
+        key_form.get_by_label("Name of the new key").fill("journey editor")
+        key_form.get_by_role("button", name="Create key").click()
+        expect(page.get_by_text(re.compile("^Key “journey editor” created"))).to_be_visible()
+        secret = page.get_by_test_id("stCode").inner_text().strip()
+        assert re.fullmatch(r"ols_[A-Za-z0-9_-]{43}", secret), secret
+        assert KeyStore(current()).verify(secret).name == "journey editor"
+        table = main(page).get_by_test_id("stDataFrame")
+        expect(table).to_contain_text("journey editor")
+        expect(table).to_contain_text(secret[:12] + "…")
+        shot(page, "settings-api-key")
+        go(page, "Chat")
+        go(page, "Settings")  # shown once: gone when the page is drawn again
+        expect(main(page).get_by_text("journey editor").first).to_be_visible()
+        expect(page.get_by_test_id("stCode")).to_have_count(0)
+        revoke = opened(main(page).get_by_test_id("stExpander").filter(has_text="Revoke journey"))
+        revoke.get_by_label("Type the name “journey editor” to confirm").fill("journey")
+        revoke.get_by_role("button", name="Revoke").click()
+        expect(page.get_by_text(re.compile("to confirm; nothing was revoked"))).to_be_visible()
+        assert KeyStore(current()).any()
+        revoke = opened(main(page).get_by_test_id("stExpander").filter(has_text="Revoke journey"))
+        revoke.get_by_label("Type the name “journey editor” to confirm").fill("journey editor")
+        revoke.get_by_role("button", name="Revoke").click()
+        expect(page.get_by_text("No API keys yet: the API is off.")).to_be_visible()
+        settle(page)  # the rerun after Revoke has ended: no element of the earlier run left
+        assert not KeyStore(current()).any() and KeyStore(current()).verify(secret) is None
 
         # Change the password: wrong current, differing, weak (10.3), then a good one.
         pw_form = page.get_by_test_id("stForm").filter(has_text="Change password")

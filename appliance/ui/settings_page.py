@@ -1,5 +1,5 @@
 """The settings page: auto-lock, keep-alive, threads, context, parallel slots, the switch
-rule, password change, lock now.
+rule, password change, API keys, lock now.
 
 Saving says what changed and when it applies: the auto-lock, keep-alive and switch rule
 at once (pushed into this session's vault and the running host), threads, context and
@@ -8,9 +8,13 @@ parallel slots from the next load (the host reads them from the settings at each
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 import streamlit as st
 
 from appliance import app_settings
+from appliance.api.keys import ApiKey, KeyStore
 from appliance.app_settings import APP_SETTINGS
 from appliance.errors import ApplianceError
 from appliance.ui import session
@@ -24,6 +28,7 @@ def render() -> None:
     st.title("Settings")
     _app_settings()
     _change_password()
+    _api_keys()
     st.subheader("Lock")
     st.caption(
         "Locking forgets the key in this browser session only; other sessions stay as they are."
@@ -149,3 +154,78 @@ def _change_password() -> None:
             st.success(
                 "Password changed. Your history was not rewritten: only its key was re-wrapped."
             )
+
+
+API_KEYS_HELP = (
+    "Other tools on the network (editors, scripts, notebooks) use the models through the "
+    "OpenAI-compatible API at `/v1` of this app's address, sending a key as the header "
+    "`Authorization: Bearer …`. The API is off until the first key exists. A key gives "
+    "access to every model in the library, never to the chat history or the vault. Last "
+    "used is saved at most once a minute."
+)
+
+
+def _api_keys() -> None:
+    """Create (the secret is shown once, in this run only: it is never kept in the
+    session) and revoke the API's keys."""
+    st.subheader("API keys")
+    st.caption(API_KEYS_HELP)
+    store = KeyStore()
+    with st.form("api-key-create", clear_on_submit=True):
+        name = st.text_input("Name of the new key", max_chars=64, key="api-key-name",
+                             placeholder="the tool or machine that will use it")  # fmt: skip
+        created = st.form_submit_button("Create key")
+    if created:
+        try:
+            key, secret = store.create(name)
+        except ApplianceError as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Key “{_plain(key.name)}” created. Copy it now: this is the only "
+                       "time it is shown, because only its hash is stored.")  # fmt: skip
+            st.code(secret, language=None)
+    try:
+        keys = store.list()
+    except ApplianceError as exc:
+        st.error(str(exc))
+        return
+    if not keys:
+        st.info("No API keys yet: the API is off.")
+        return
+    st.dataframe(
+        [{"Name": k.name, "Key": k.prefix + "…", "Created (UTC)": _when(k.created),
+          "Last used (UTC)": _when(k.last_used), "Id": k.id} for k in keys],
+        hide_index=True,
+    )  # fmt: skip
+    for key in keys:
+        _revoke(store, key)
+
+
+def _revoke(store: KeyStore, key: ApiKey) -> None:
+    """A form, as Remove in the library: the typed name is sent with the click."""
+    shown = _plain(key.name)
+    with st.expander(f"Revoke {shown}"), st.form(f"api-revoke-form-{key.id}", border=False):
+        st.write("Tools using this key get 401 from their next request. A revoked key "
+                 "cannot be brought back; create a new one instead.")  # fmt: skip
+        confirm = st.text_input(f"Type the name “{shown}” to confirm",
+                                key=f"api-revoke-confirm-{key.id}")  # fmt: skip
+        if st.form_submit_button("Revoke", type="primary", key=f"api-revoke-{key.id}"):
+            if confirm.strip() != key.name:
+                st.error(f"Type the name “{shown}” exactly to confirm; nothing was revoked.")
+                return
+            try:
+                store.revoke(key.id)
+            except ApplianceError as exc:
+                st.error(str(exc))
+                return
+            st.toast(f"Revoked the API key “{shown}”.")
+            st.rerun()
+
+
+def _plain(text: str) -> str:
+    """A user's text shown as it is inside Markdown (a key's name like `*me*`)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$:])", r"\\\1", text)
+
+
+def _when(ts: float | None) -> str:
+    return "never" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
