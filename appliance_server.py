@@ -22,7 +22,7 @@ os.environ.update(OFFLINE_ENV)
 
 import streamlit as st  # after the offline environment is set
 
-from appliance.api.routes import api_routes
+from appliance.api.routes import Api
 from appliance.ui.services import services
 
 
@@ -32,8 +32,10 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        api.keys.flush()  # the last-used times not yet written
         shared.host.shutdown()
         shared.watcher.stop()
 
 
-app = st.App("streamlit_app.py", lifespan=lifespan, routes=api_routes(services))
+api = Api(services)
+app = st.App("streamlit_app.py", lifespan=lifespan, routes=api.routes())

@@ -283,7 +283,8 @@ def test_settings_refuses_a_weak_new_password(fake_engine, unlocked) -> None:
     """Issue 10.3: the same rule and message as at set-up and in the CLI."""
     app = _app(unlocked, "from appliance.ui import settings_page\nsettings_page.render()\n")
     assert PASSWORD_RULE in [c.value for c in app.caption]
-    current, new, confirm = (t for t in app.text_input if t.type == "text_input")
+    labels = ("Current password", "New password", "Confirm the new password")
+    current, new, confirm = (t for t in app.text_input if t.label in labels)
     current.input(PASSWORD)
     new.input("password")
     confirm.input("password")

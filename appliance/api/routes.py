@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from appliance.api import openai_format as fmt
-from appliance.api.keys import KeyStore
+from appliance.api.keys import ApiKeyError, KeyStore
 from appliance.api.openai_format import ApiError
 from appliance.api.ratelimit import FailureLimiter
 from appliance.engine import (
@@ -160,7 +160,10 @@ class Api:
     # -- helpers --------------------------------------------------------------------------
     async def _handle(self, request: Request, answer: Callable[[], Any]) -> Response:
         try:
-            self.authorize(request)
+            try:
+                self.authorize(request)
+            except ApiKeyError as exc:  # config/api-keys.json is damaged: no key is valid
+                raise ApiError(503, str(exc), "server_error", "api_keys_unreadable") from None
             return await answer()
         except ApiError as error:
             return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
