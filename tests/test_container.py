@@ -225,3 +225,23 @@ def test_supervisor_forwards_sigterm_and_exits_cleanly() -> None:
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err == ""
+
+
+def test_tls_is_one_setting_for_the_ui_and_the_api(tmp_path: Path) -> None:
+    """APPLIANCE_TLS_CERT/KEY turn on Streamlit's HTTPS, which serves both on one port."""
+    from appliance.entrypoint import TlsFileError, commands, tls_args
+
+    assert tls_args({}) == []
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    env = {"APPLIANCE_TLS_CERT": str(cert), "APPLIANCE_TLS_KEY": str(key)}
+    assert tls_args(env) == ["--server.sslCertFile", str(cert), "--server.sslKeyFile", str(key)]
+    [server] = commands(env)
+    assert server[-5].endswith("appliance_server.py") and server[-4:] == tls_args(env)
+    with pytest.raises(TlsFileError, match="needs both APPLIANCE_TLS_CERT"):
+        tls_args({"APPLIANCE_TLS_CERT": str(cert)})
+    with pytest.raises(TlsFileError, match=r"APPLIANCE_TLS_KEY=.*missing.pem cannot be read"):
+        tls_args({**env, "APPLIANCE_TLS_KEY": str(tmp_path / "missing.pem")})
+    with pytest.raises(TlsFileError, match="is not a PEM file with a PRIVATE KEY"):
+        tls_args({**env, "APPLIANCE_TLS_KEY": str(cert)})
