@@ -65,10 +65,13 @@ def test_bench_reports_every_figure_with_its_target(demo_model: Path) -> None:
     figures = result["llama_cpp"]
     assert result["version"] == 2 and result["machine"]["physical_cores"] >= 1
     keys = ("decode_ratio", "concurrent_ratio", "concurrent_vs_serial", "worst_first_token_s",
-            "turn10_first_token_ratio", "switch_overhead_s", "rss_change_pct")  # fmt: skip
+            "turn10_first_token_ratio", "switch_overhead_s", "rss_change_pct",
+            "api_decode_ratio", "api_first_token_delta_ms")  # fmt: skip
     assert [c["figure"] for c in result["checks"]] == list(keys)
+    api = result["api"]
     for c in result["checks"]:
-        assert isinstance(c["value"], float | int) and c["value"] == figures[c["figure"]]
+        source = api if c["figure"].startswith("api_") else figures
+        assert isinstance(c["value"], float | int) and c["value"] == source[c["figure"]]
         assert c["target"] == result["targets"][c["figure"]]
         assert c["target"][0] in "≥≤±" and isinstance(c["pass"], bool)
     assert result["passed"] == all(c["pass"] for c in result["checks"])
@@ -76,6 +79,7 @@ def test_bench_reports_every_figure_with_its_target(demo_model: Path) -> None:
                 "concurrent_tps_host", "concurrent_tps_serial_host"):  # fmt: skip
         assert figures[key] > 0
     assert 0 < figures["tokens_per_run_min"] <= 8
+    assert api["decode_tps_api"] > 0 and api["first_token_ms_api"] > 0
     assert figures["build_flavour"] and figures["cpu_variant"]  # the portable build
 
 
@@ -98,10 +102,16 @@ def test_bench_table_shows_targets_and_verdicts() -> None:
     keys = ("decode_ratio", "concurrent_ratio", "concurrent_vs_serial", "worst_first_token_s",
             "turn10_first_token_ratio", "switch_overhead_s", "rss_change_pct")  # fmt: skip
     ll["checks"] = [check(k, ll[k]) for k in keys]
+    api = {"decode_tps_api": 97.0, "decode_tps_llama_bench": 101.0, "api_decode_ratio": 0.96,
+           "first_token_ms_api": 70.0, "first_token_ms_host": 30.0,
+           "api_first_token_delta_ms": 40.0}  # fmt: skip
+    api["checks"] = [check(k, api[k]) for k in ("api_decode_ratio", "api_first_token_delta_ms")]
     machine = {"cpu": "CPU", "physical_cores": 2, "memory_gib": 8, "load_average": [0.1]}
-    text = table({"machine": machine, "llama_cpp": ll})
+    text = table({"machine": machine, "llama_cpp": ll, "api": api,
+                  "checks": ll["checks"] + api["checks"]})  # fmt: skip
     assert "CPU variant haswell" in text and "portable build" in text
     lines = {line.split("  ")[0]: line for line in text.splitlines()}
     assert lines["decode tok/s, 4 clients / llama-batched-bench S_TG"].endswith("≥ 0.85   FAIL")
     assert lines["decode tok/s, 1 stream / llama-bench tg"].endswith("≥ 0.95   pass")
-    assert text.endswith("6 of 7 targets met")
+    assert lines["first token through /v1 / in-process host"].endswith("≤ 30 ms  FAIL")
+    assert text.endswith("7 of 9 targets met")

@@ -25,6 +25,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for the host and the tools (default: physical cores)")  # fmt: skip
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers part")
+    p.add_argument("--no-api", action="store_true", help="skip the /v1 API part")
     p.add_argument("--cache", type=Path, default=CACHE, help="where the safetensors copy is kept")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_bench)
@@ -41,6 +42,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ApplianceError("--threads must be at least 1.")
     args.cache.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        print(f"… {text}", file=sys.stderr, flush=True)
+
     result = benchmark.run(
         args.model.resolve(),
         args.cache,
@@ -48,8 +53,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         threads=args.threads,
         transformers=not args.no_transformers,
-        say=lambda text: print(f"… {text}", file=sys.stderr, flush=True),
+        say=say,
     )
+    if not args.no_api:
+        from appliance.api.bench import bench_api
+
+        threads = result["llama_cpp"]["n_threads"]
+        result["api"] = bench_api(args.model.resolve(), args.runs, args.max_tokens, threads, say)
+        result["checks"] = [*result["checks"], *result["api"]["checks"]]
+        result["passed"] = all(c["pass"] for c in result["checks"])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -84,6 +96,17 @@ def table(result: dict) -> str:
         row("RSS before load / after unload", f"{ll['rss_before_mib']} MiB",
             f"{ll['rss_after_unload_mib']} MiB", "rss_change_pct", f"{ll['rss_change_pct']:+} %"),
     ]  # fmt: skip
+    if "api" in result:
+        api = result["api"]
+        checks.update({c["figure"]: c for c in api["checks"]})
+        rows += [
+            row("decode tok/s, streamed through /v1 / llama-bench tg", f"{api['decode_tps_api']}",
+                f"{api['decode_tps_llama_bench']}", "api_decode_ratio",
+                f"ratio {api['api_decode_ratio']}"),
+            row("first token through /v1 / in-process host", f"{api['first_token_ms_api']} ms",
+                f"{api['first_token_ms_host']} ms", "api_first_token_delta_ms",
+                f"{api['api_first_token_delta_ms']:+} ms"),
+        ]  # fmt: skip
     if "transformers" in result:
         tf = result["transformers"]
         rows.append(("transformers tok/s / raw generate", f"{tf['tps_host']}",
@@ -100,6 +123,6 @@ def table(result: dict) -> str:
     ]
     for r in (header, *rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    passed = sum(c["pass"] for c in ll["checks"])
-    lines.append(f"{passed} of {len(ll['checks'])} targets met")
+    passed = sum(c["pass"] for c in result["checks"])
+    lines.append(f"{passed} of {len(result['checks'])} targets met")
     return "\n".join(lines)
