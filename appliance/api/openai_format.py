@@ -13,7 +13,9 @@ appliance could parse reliably), images and audio (the engines here are text-onl
 
 from __future__ import annotations
 
+import base64
 import secrets
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,7 +216,9 @@ def completion_request(body: Any) -> CompletionCall:
     return CompletionCall(model, prompt, sampling(body))
 
 
-def embedding_request(body: Any) -> tuple[str, list[str]]:
+def embedding_request(body: Any) -> tuple[str, list[str], str]:
+    """(model, inputs, encoding_format): "float", or "base64", which the official openai
+    client asks for unless told otherwise (little-endian float32, as OpenAI sends)."""
     body = _object(body)
     model = _model(body)
     given = body.get("input")
@@ -226,9 +230,17 @@ def embedding_request(body: Any) -> tuple[str, list[str]]:
     ):
         raise bad("'input' must be a non-empty string or a list of non-empty strings (token "
                   "arrays are not supported).", "input")  # fmt: skip
-    if body.get("encoding_format", "float") != "float":
-        raise bad("Only encoding_format 'float' is supported.", "encoding_format")
-    return model, inputs
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise bad("encoding_format must be 'float' or 'base64'.", "encoding_format")
+    return model, inputs, encoding
+
+
+def embedding_vector(vector: list[float], encoding: str) -> list[float] | str:
+    """A vector as the answer carries it: a list of floats, or base64 of float32s."""
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -146,11 +146,12 @@ class Api:
 
     async def embeddings(self, request: Request) -> Response:
         async def answer() -> Response:
-            model, inputs = fmt.embedding_request(await _body(request))
+            model, inputs, encoding = fmt.embedding_request(await _body(request))
             vectors, tokens = await _call(self.get_services().host.embed, model, inputs)
             return JSONResponse({
                 "object": "list", "model": model,
-                "data": [{"object": "embedding", "index": i, "embedding": v}
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": fmt.embedding_vector(v, encoding)}
                          for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             })  # fmt: skip
@@ -238,6 +239,7 @@ class _Reply:
         self._it = iter(gen)
         self._ended = False
         self.hit_stop = False
+        self.pieces = 0  # pieces read: a token count when the runner's comes too late
 
     async def pull(self) -> tuple[str, bool]:
         """(text to send now, whether the reply has ended); raises ApiError."""
@@ -251,6 +253,7 @@ class _Reply:
             return "", True
         try:
             text = next(self._it)
+            self.pieces += 1
         except StopIteration:
             self._ended = True
             return (self.filter.flush() if self.filter else ""), True
@@ -271,7 +274,9 @@ class _Reply:
     def usage(self) -> dict[str, int]:
         result = self.gen.wait(5) or self.gen.result
         prompt = result.prompt_tokens if result else self.gen.prompt_tokens
-        return fmt.usage(prompt, result.completion_tokens if result else 0)
+        # A reply cut at a stop string was cancelled: its result exists at once, and the
+        # runner's own count arrives later (add_usage), so count the pieces read too.
+        return fmt.usage(prompt, max(result.completion_tokens if result else 0, self.pieces))
 
 
 async def _events(reply: _Reply, first: str, ended: bool, ident: str, model: str, chat: bool,
