@@ -21,6 +21,7 @@ from appliance.offline import OFFLINE_ENV
 os.environ.update(OFFLINE_ENV)
 
 import streamlit as st  # after the offline environment is set
+import uvicorn.config
 
 from appliance.api.routes import Api
 from appliance.ui.services import services
@@ -37,5 +38,17 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
         shared.watcher.stop()
 
 
+def _peer_address_as_it_is() -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, so any
+    local client, or a port forwarder that connects from loopback, could pick the address
+    the API's failed-authentication limit counts. No proxy stands in front of the
+    appliance: the connection's own address is used. (uvicorn reads FORWARDED_ALLOW_IPS
+    before it imports this module, so its middleware is replaced here, before it is built;
+    an operator who does put a proxy in front sets FORWARDED_ALLOW_IPS to its address.)"""
+    if "FORWARDED_ALLOW_IPS" not in os.environ:
+        uvicorn.config.ProxyHeadersMiddleware = lambda app, trusted_hosts=None: app  # type: ignore[assignment,misc]
+
+
+_peer_address_as_it_is()
 api = Api(services)
 app = st.App("streamlit_app.py", lifespan=lifespan, routes=api.routes())

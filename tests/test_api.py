@@ -12,6 +12,7 @@ The tests share the server and run in file order; none leaves a reply running.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -349,6 +350,41 @@ def test_disconnect_cancels_the_generation(appliance: Appliance) -> None:
     assert elapsed < bound, f"waited {elapsed:.1f} s: the closed stream kept generating"
 
 
+def test_disconnect_while_queued_cancels_the_request(appliance: Appliance) -> None:
+    """With one slot busy, a second long request waits in the queue; its client goes away
+    there. When the first is closed, a third request runs at once: the second, had it
+    stayed in the queue, would have taken the slot for 4,000 tokens."""
+    with httpx2.Client(timeout=60) as raw, httpx2.Client(timeout=60) as waiting:
+        first, rate = open_long_stream(raw, appliance, events=4)
+        body = {"model": appliance.model, "prompt": COUNTING, "max_tokens": LONG,
+                "temperature": 0, "stream": True}  # fmt: skip
+        request = waiting.build_request("POST", f"{appliance.url}/v1/completions", json=body,
+                                        headers=appliance.auth())  # fmt: skip
+        sender = threading.Thread(target=lambda: _ignore(lambda: waiting.send(request)))
+        sender.start()
+        time.sleep(1.0)  # it is in the queue now (the slot is busy)
+        waiting.close()  # the client goes away while queued
+        sender.join(30)
+        time.sleep(0.5)
+        first.close()
+    bound = (LONG - 4) / rate / 2
+    assert bound > 3, f"the machine decodes too fast ({rate:.0f}/s) for this test to tell"
+    started = time.monotonic()
+    try:
+        answer = appliance.client(timeout=bound).chat.completions.create(
+            model=appliance.model, messages=FRANCE, temperature=0
+        )
+    except openai.APITimeoutError:
+        pytest.fail(f"no answer within {bound:.0f} s: the abandoned request still ran")
+    assert answer.choices[0].message.content == PARIS
+    assert time.monotonic() - started < bound
+
+
+def _ignore(call: Any) -> None:
+    with contextlib.suppress(Exception):
+        call()
+
+
 def test_full_queue_gets_429_with_retry_after(appliance: Appliance) -> None:
     """One slot and a queue of 4: with one long reply running, 6 more requests give 4 that
     wait their turn and 2 refused at once."""
@@ -529,3 +565,23 @@ def test_tls_and_api_off_without_keys(tmp_path: Path) -> None:
         trusting.close()
         untrusting.close()
         server.stop()
+
+
+# ---- last: it blocks 127.0.0.1 for the rest of the module's server -----------------------------
+
+
+def test_a_forwarded_header_does_not_dodge_the_limit(appliance: Appliance) -> None:
+    """uvicorn would believe X-Forwarded-For from 127.0.0.1; the appliance counts the
+    connection's own address, so a flood that names a new address each time is blocked."""
+    url = f"{appliance.url}/v1/models"
+    with httpx2.Client(timeout=60) as flood:
+        codes = [
+            flood.get(url, headers={**appliance.auth(f"ols_guess{i}"),
+                                    "X-Forwarded-For": f"10.0.{i}.1"}).status_code
+            for i in range(11)
+        ]  # fmt: skip
+        # Earlier tests' wrong keys from 127.0.0.1 may already count: blocked by the 10th.
+        assert 429 in codes and set(codes) == {401, 429}, codes
+        blocked = flood.get(url, headers={**appliance.auth(), "X-Forwarded-For": "10.9.9.9"})
+    assert blocked.status_code == 429
+    assert "127.0.0.1" in blocked.json()["error"]["message"]

@@ -193,35 +193,36 @@ class Api:
     async def _reply(self, request: Request, gen: Generation, model: str,
                      sampling: fmt.Sampling, *, chat: bool) -> Response:  # fmt: skip
         reply = _Reply(gen, sampling.stop)
+        # A client that goes away while its request waits in the queue, or while the
+        # answer is built, cancels it; once streaming, the stream's own close does.
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, gen))
         try:
             first, ended = await reply.pull()  # a load failure or an overflow: its status code
+            if not sampling.stream:
+                return await self._whole(reply, first, ended, model, chat)
         except BaseException:
             gen.cancel()
             raise
+        finally:
+            watcher.cancel()
         ident = fmt.new_id("chatcmpl" if chat else "cmpl")
-        if not sampling.stream:
-            return await self._whole(request, reply, first, ended, ident, model, chat)
         return StreamingResponse(
             _events(reply, first, ended, ident, model, chat, sampling.include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _whole(self, request: Request, reply: _Reply, first: str, ended: bool,
-                     ident: str, model: str, chat: bool) -> Response:  # fmt: skip
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, reply.gen))
-        try:
-            parts = [first]
-            while not ended:
-                piece, ended = await reply.pull()
-                parts.append(piece)
-        except EngineError as exc:
-            raise _engine_error(exc) from None
-        finally:
-            watcher.cancel()
+    @staticmethod
+    async def _whole(reply: _Reply, first: str, ended: bool, model: str, chat: bool) -> Response:
+        parts = [first]
+        while not ended:
+            piece, ended = await reply.pull()
+            parts.append(piece)
         text, use = "".join(parts), reply.usage()
         if chat:
+            ident = fmt.new_id("chatcmpl")
             return JSONResponse(fmt.chat_answer(ident, model, text, reply.finish(), use))
+        ident = fmt.new_id("cmpl")
         return JSONResponse(fmt.completion_answer(ident, model, text, reply.finish(), use))
 
 
