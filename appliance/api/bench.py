@@ -12,7 +12,7 @@ threads, context and one slot as the other side). Round by round, alternating:
 
 Figures: API decode ÷ llama-bench tg (target ≥ 0.95), and API first token minus the
 in-process host's (target ≤ +30 ms). Each request's system prompt starts differently,
-so neither side finds its prompt in a cache.
+so neither side finds its prompt in a cache, and each starts after a short idle pause.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from appliance.library.library import Library
 from appliance.paths import APP_ROOT, Paths
 
 START_TIMEOUT_S = 90
+# Before each measured request: the other side's llama-server threads spin-wait for work
+# a moment after a reply (llama.cpp's --poll), which on a small machine would slow down
+# the request that follows at once.
+IDLE_S = 0.3
 
 
 def _free_port() -> int:
@@ -144,7 +148,9 @@ def bench_api(
                     body = {"model": model_id, "messages": [
                         {"role": "system", "content": eb._system()}, *eb._story(i)],
                         **settings}  # fmt: skip
+                    time.sleep(IDLE_S)
                     sent, first, last, tokens, _text = server.stream(secret, body)
+                    time.sleep(IDLE_S)
                     local_run = eb._chat(host, local_id, eb._story(i), eb._system(), max_tokens)
                     if i == 0:
                         continue
