@@ -39,10 +39,7 @@ from appliance.library.library import Library
 from appliance.paths import APP_ROOT, Paths
 
 START_TIMEOUT_S = 90
-# Before each measured request: the other side's llama-server threads spin-wait for work
-# a moment after a reply (llama.cpp's --poll), which on a small machine would slow down
-# the request that follows at once.
-IDLE_S = 0.3
+IDLE_S = eb.IDLE_S  # before each measured request: the other server spin-waits a moment
 
 
 def _free_port() -> int:

@@ -72,6 +72,10 @@ N_CTX = 2048  # per slot, as the host loads it
 CLIENTS = 4
 PROMPT_TOKENS = 32  # llama-batched-bench -npp: about the host's prompts
 TOOLS = ("llama-bench", "llama-batched-bench")
+# A pause before a measurement that follows another llama-server's replies: llama.cpp's
+# threads spin-wait for work a moment after a batch (--poll), which on a small machine
+# slows down whatever runs next.
+IDLE_S = 0.3
 # (key, comparison, limit, unit); the text of each target is made from these.
 TARGETS: dict[str, tuple[str, float, str]] = {
     "decode_ratio": (">=", 0.95, ""),
@@ -345,6 +349,7 @@ def bench_llama(
                 single = _chat(serial, model_id, _story(i), _system(), max_tokens)
                 batched = tools.batched_tg(model_path, threads, max_tokens, CLIENTS)
                 concurrent = _clients(host, model_id, max_tokens)
+                time.sleep(IDLE_S)  # the other server spin-waits a moment after its replies
                 in_turn = _clients(serial, model_id, max_tokens)
                 if i == 0:
                     continue
