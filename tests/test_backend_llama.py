@@ -161,3 +161,21 @@ def test_corrupted_files_through_the_host(
     good = register_demo(library, demo_model)
     assert "".join(host.chat(good, FRANCE, system_prompt=SYSTEM, settings=GREEDY)) == (
         "The capital of France is Paris.")  # fmt: skip
+
+
+def test_forced_baseline_cpu_variant_through_the_host(
+    library: Library, demo_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The portable build runs on any x86-64 CPU: the SSE2-only kernels answer too, and
+    the status (the Library's hardware panel, `appliance bench`) names them."""
+    monkeypatch.setenv("APPLIANCE_LLAMA_CPU_VARIANT", "x64")
+    host = Host(library, spare_worker=False)
+    try:
+        model = register_demo(library, demo_model)
+        host.load(model)
+        assert host.status().cpu_variant == "x64"
+        assert "CPU kernels x64" in host.status().detail
+        reply = "".join(host.chat(model, FRANCE, system_prompt=SYSTEM, settings=GREEDY))
+        assert reply == "The capital of France is Paris."
+    finally:
+        host.shutdown()
