@@ -362,8 +362,14 @@ class Host:
             with self._run_lock:
                 if gen.cancelled:
                     return
-                self._ensure_loaded(self.library.get(gen.request.model_id), gen.request.api_key,
-                                    None, None)  # fmt: skip
+                entry = self.library.get(gen.request.model_id)
+                self._ensure_loaded(entry, gen.request.api_key, None, None)
+                if not self._serves(self._resident, gen):  # it died as soon as it loaded
+                    self._drop(gen, WorkerCrashed(
+                        f"The process running {entry.name} ended right after loading "
+                        f"({self._status.detail or 'no reason given'}). Load it again from "
+                        "the Library to see why."
+                    ))  # fmt: skip
         except ApplianceError as exc:
             self._drop(gen, exc if isinstance(exc, EngineError) else ModelLoadError(str(exc)))
         except Exception as exc:
