@@ -28,6 +28,7 @@ import contextlib
 import http.client
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -300,7 +301,7 @@ class LlamaServer:
             "--no-webui", "--offline", "--log-prefix", "--log-colors", "off",
             *self.options.args(),
         ]  # fmt: skip
-        self._proc = subprocess.Popen(
+        self._proc = SPAWNER.popen(
             command,
             cwd=self._dir,  # ggml also looks for backends in the working directory
             env=server_env(),
@@ -468,6 +469,53 @@ class LlamaServer:
             if text and not _GENERIC.search(text):
                 return text.rstrip(".")
         return None
+
+
+class _Spawner:
+    """Starts server processes so that they never outlive this one.
+
+    Each start goes through `setpriv --pdeathsig KILL` (util-linux, on every Debian
+    system): if this process dies, even of SIGKILL, the kernel kills its llama-servers,
+    so their memory never stays taken by an orphan. The parent-death signal follows the
+    *thread* that started the child, not the process, and the host starts servers from
+    short-lived threads too (a page's script run, a request), so every start is made by
+    this one long-lived thread. Without setpriv the start is plain.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[list[str], dict[str, Any], list[Any],
+                                          threading.Event]] = queue.Queue()  # fmt: skip
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.setpriv = shutil.which("setpriv")
+
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name="llama-spawner")  # fmt: skip
+                self._thread.start()
+        box: list[Any] = []
+        done = threading.Event()
+        self._requests.put((command, kwargs, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+    def _serve(self) -> None:
+        while True:
+            command, kwargs, box, done = self._requests.get()
+            if self.setpriv:
+                command = [self.setpriv, "--pdeathsig", "KILL", "--", *command]
+            try:
+                box.append(subprocess.Popen(command, **kwargs))
+            except BaseException as exc:  # handed to the caller's thread
+                box.append(exc)
+            done.set()
+
+
+SPAWNER = _Spawner()
 
 
 def _mapped_cpu_backend(pid: int) -> str | None:
