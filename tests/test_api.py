@@ -17,6 +17,7 @@ import datetime
 import ipaddress
 import json
 import math
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -45,6 +46,15 @@ FRANCE = [{"role": "system", "content": SYSTEM},
 PARIS = "The capital of France is Paris."
 # A base-model prompt the demo model continues for as long as it is allowed to.
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+
+
+def long_counting() -> str:
+    """A counting prompt no earlier request had: a slot holding an earlier one's tokens
+    would reuse them, and a reused prefix may take the greedy reply another way (to an
+    early end of text); a fresh one counts on to the token limit."""
+    return f"Counting, list {secrets.token_hex(2)}: {COUNTING}"
+
+
 EMBEDDING_SIZE = 576  # SmolLM2-135M's hidden size
 
 
@@ -313,7 +323,7 @@ def open_long_stream(client: httpx2.Client, appliance: Appliance, events: int) -
     """Start a 4,000-token streamed completion; read `events` events.
 
     Returns the open response and the measured decode rate (events per second)."""
-    body = {"model": appliance.model, "prompt": COUNTING, "max_tokens": LONG,
+    body = {"model": appliance.model, "prompt": long_counting(), "max_tokens": LONG,
             "temperature": 0, "stream": True}  # fmt: skip
     request = client.build_request("POST", f"{appliance.url}/v1/completions", json=body,
                                    headers=appliance.auth())  # fmt: skip
@@ -356,7 +366,7 @@ def test_disconnect_while_queued_cancels_the_request(appliance: Appliance) -> No
     stayed in the queue, would have taken the slot for 4,000 tokens."""
     with httpx2.Client(timeout=60) as raw, httpx2.Client(timeout=60) as waiting:
         first, rate = open_long_stream(raw, appliance, events=4)
-        body = {"model": appliance.model, "prompt": COUNTING, "max_tokens": LONG,
+        body = {"model": appliance.model, "prompt": long_counting(), "max_tokens": LONG,
                 "temperature": 0, "stream": True}  # fmt: skip
         request = waiting.build_request("POST", f"{appliance.url}/v1/completions", json=body,
                                         headers=appliance.auth())  # fmt: skip
