@@ -176,8 +176,9 @@ def test_stop_cuts_before_the_stop_string(appliance: Appliance) -> None:
                                             temperature=0, stop=["Paris"])  # fmt: skip
     assert answer.choices[0].message.content == "The capital of France is "
     assert answer.choices[0].finish_reason == "stop"
-    # the six tokens generated, " Paris" included (not 0: the cut reply was cancelled)
-    assert answer.usage is not None and answer.usage.completion_tokens == 6
+    # At least the six tokens read, " Paris" included (not 0: the cut reply was
+    # cancelled); up to the 8 llama.cpp generated when it finished before the cancel.
+    assert answer.usage is not None and 6 <= answer.usage.completion_tokens <= 8
     stream = client.chat.completions.create(model=appliance.model, messages=FRANCE,
                                             temperature=0, stop="France", stream=True)  # fmt: skip
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
