@@ -215,3 +215,19 @@ def test_watch_registers_in_the_foreground(appliance_home: Path) -> None:
         assert proc.wait(10) == 0
     time.sleep(0.1)
     assert json.loads(run("models", "list", "--json").stdout)["models"][0]["id"] == "live"
+
+
+def test_adding_a_file_already_in_the_library_says_so(appliance_home: Path) -> None:
+    models = appliance_home / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    src = write_gguf(models / "here.gguf")
+    first = run("models", "add", str(src)).stdout
+    assert first.startswith("added here (")
+    again = run("models", "add", str(src)).stdout
+    assert (
+        again
+        == "here is already in the library (here, llama.cpp) at here.gguf; nothing was added\n"
+    )
+    assert [m["id"] for m in json.loads(run("models", "list", "--json").stdout)["models"]] == [
+        "here"
+    ]

@@ -207,6 +207,13 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     library = _library()
     mode = args.mode or ("in-place" if library.relative(args.path.absolute()) else "copy")
+    if mode == "in-place" and (entry := _registered_at(library, args.path)) is not None:
+        if args.json:
+            print_json(entry.to_json())
+        else:
+            print(f"{entry.id} is already in the library ({entry.name}, {entry.backend}) at "
+                  f"{entry.path}; nothing was added")  # fmt: skip
+        return 0
     try:
         entry = import_path(
             library, args.path, mode, name=args.name, backend=args.backend,
@@ -230,6 +237,15 @@ def cmd_add(args: argparse.Namespace) -> int:
     else:
         print(f"added {entry.id} ({entry.name}, {entry.backend}) at {entry.path}")
     return 0
+
+
+def _registered_at(library, path: Path):
+    """The entry whose file or folder is path itself (an in-place add of it adds nothing)."""
+    target = path.resolve()
+    for entry in library.entries():
+        if not entry.is_remote and library.resolve(entry).resolve() == target:
+            return entry
+    return None
 
 
 def _progress_printer():
