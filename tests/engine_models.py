@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
-import time
+import struct
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
 
-from appliance.engine.errors import ModelLoadError
-from appliance.engine.llama_server import LlamaServer, ServerOptions, _mapped_cpu_backend
+from appliance.engine.llama_server import LlamaServer, ServerOptions
 from appliance.library.library import Library
 
 
@@ -89,19 +90,42 @@ class LanServer(LlamaServer):
         options = ServerOptions(n_ctx=n_ctx, n_threads=n_threads, alias=alias, extra_args=tcp)
         super().__init__(model, options)
 
-    def _wait_ready(self, deadline: float) -> None:
-        assert self._proc is not None
-        while True:
-            if self.cpu_backend_path is None:
-                self.cpu_backend_path = _mapped_cpu_backend(self._proc.pid)
-            if self._proc.poll() is not None:
-                raise ModelLoadError(self._load_failure())
-            try:  # /health needs no key; 503 while the model loads
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise ModelLoadError(f"llama-server did not answer on {self.url} in time")
-            time.sleep(0.1)
+    def _healthy(self) -> bool:
+        """/health on the TCP port instead of the Unix socket (no key; 503 while loading)."""
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+
+# -- damaged GGUF files -----------------------------------------------------------
+# GGUF: magic (4) | version u32 | tensor count u64 | metadata count u64 | metadata...
+# each metadata entry: key (u64 length + bytes) | value type u32 | value
+KEY = 24  # where the first metadata key's length is
+
+
+def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    return data[:offset] + struct.pack(fmt, value) + data[offset + struct.calcsize(fmt) :]
+
+
+def _first_type_offset(data: bytes) -> int:
+    (length,) = struct.unpack_from("<Q", data, KEY)
+    return KEY + 8 + length
+
+
+# Each kind of damage, applied to a good GGUF's bytes (tests/test_bad_gguf.py has all
+# eleven through the host; other tests use some of them).
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "empty": lambda d: b"",
+    "random": lambda d: random.Random(4).randbytes(1 << 20),
+    "truncated": lambda d: d[:-432],
+    "half": lambda d: d[: len(d) // 2],
+    "header-only": lambda d: d[:4096],
+    "bad-magic": lambda d: b"GGUX" + d[4:],
+    "bad-version": lambda d: _set(d, 4, "<I", 99),
+    "huge-tensor-count": lambda d: _set(d, 8, "<Q", 1 << 62),
+    "huge-metadata-count": lambda d: _set(d, 16, "<Q", 1 << 62),
+    "huge-key-length": lambda d: _set(d, KEY, "<Q", 1 << 62),
+    "bad-value-type": lambda d: _set(d, _first_type_offset(d), "<I", 99),
+}

@@ -3,7 +3,6 @@ temperature 0."""
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from appliance.engine import ContextOverflow, Host, ModelLoadError
 from appliance.engine.backends.llama_cpp import gguf_facts
 from appliance.library.library import Library
 from tests.engine_fakes import pid_alive
-from tests.engine_models import gguf_without_template, register_demo
+from tests.engine_models import DAMAGE, gguf_without_template, register_demo
 
 GREEDY = {"temperature": 0, "seed": 42}
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -119,18 +118,6 @@ def test_context_overflow_drops_oldest_turns(
         list(host.chat(model, huge, settings={**GREEDY, "max_tokens": 512}))
 
 
-def _corrupt(kind: str, source: Path, target: Path) -> None:
-    data = source.read_bytes()
-    if kind == "empty":
-        target.write_bytes(b"")
-    elif kind == "truncated":
-        target.write_bytes(data[:-432])
-    elif kind == "half":
-        target.write_bytes(data[: len(data) // 2])
-    else:
-        target.write_bytes(random.Random(4).randbytes(1 << 20))
-
-
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
@@ -149,7 +136,7 @@ def test_corrupted_files_through_the_host(
     target = library.paths.models / f"{kind}.gguf"
     target.write_bytes(demo_model.read_bytes())
     model = library.register(target).entry.id
-    _corrupt(kind, demo_model, target)
+    target.write_bytes(DAMAGE[kind](demo_model.read_bytes()))
     with pytest.raises(ModelLoadError) as caught:
         host.load(model)
     assert str(caught.value) == (

@@ -3,44 +3,13 @@ in a ModelLoadError, never a crash, and the host loads a good model right after.
 
 from __future__ import annotations
 
-import random
-import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from appliance.engine import Host, ModelLoadError
 from appliance.library.library import Library
-from tests.engine_models import register_demo
-
-# GGUF: magic (4) | version u32 | tensor count u64 | metadata count u64 | metadata...
-# each metadata entry: key (u64 length + bytes) | value type u32 | value
-KEY = 24  # where the first metadata key's length is
-
-
-def _set(data: bytes, offset: int, fmt: str, value: int) -> bytes:
-    return data[:offset] + struct.pack(fmt, value) + data[offset + struct.calcsize(fmt) :]
-
-
-def _first_type_offset(data: bytes) -> int:
-    (length,) = struct.unpack_from("<Q", data, KEY)
-    return KEY + 8 + length
-
-
-DAMAGE: dict[str, Callable[[bytes], bytes]] = {
-    "empty": lambda d: b"",
-    "random": lambda d: random.Random(4).randbytes(1 << 20),
-    "truncated": lambda d: d[:-432],
-    "half": lambda d: d[: len(d) // 2],
-    "header-only": lambda d: d[:4096],
-    "bad-magic": lambda d: b"GGUX" + d[4:],
-    "bad-version": lambda d: _set(d, 4, "<I", 99),
-    "huge-tensor-count": lambda d: _set(d, 8, "<Q", 1 << 62),
-    "huge-metadata-count": lambda d: _set(d, 16, "<Q", 1 << 62),
-    "huge-key-length": lambda d: _set(d, KEY, "<Q", 1 << 62),
-    "bad-value-type": lambda d: _set(d, _first_type_offset(d), "<I", 99),
-}
+from tests.engine_models import DAMAGE, register_demo
 
 # llama.cpp's own reason for each, as the error shows it.
 REASONS = {

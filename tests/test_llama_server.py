@@ -8,7 +8,6 @@ Greedy decoding (temperature 0, fixed seed) makes the replies exact.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import stat
 import subprocess
@@ -37,6 +36,7 @@ from appliance.engine.llama_server import (
 from appliance.paths import APP_ROOT
 from tests.conftest import DEMO_MODEL
 from tests.engine_fakes import pid_alive
+from tests.engine_models import DAMAGE
 
 GREEDY = {"temperature": 0, "seed": 42}
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -193,16 +193,6 @@ def test_kill_9_mid_generation_gives_a_clear_error() -> None:
             client.chat_text(FRANCE, max_tokens=4)
 
 
-def _damage(kind: str, target: Path) -> None:
-    data = DEMO_MODEL.read_bytes()
-    if kind == "empty":
-        target.write_bytes(b"")
-    elif kind == "truncated":
-        target.write_bytes(data[:-432])
-    else:
-        target.write_bytes(random.Random(4).randbytes(1 << 20))
-
-
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
@@ -214,7 +204,7 @@ def _damage(kind: str, target: Path) -> None:
 )  # fmt: skip
 def test_a_damaged_file_gives_llama_cpps_reason(tmp_path: Path, kind: str, reason: str) -> None:
     target = tmp_path / f"{kind}.gguf"
-    _damage(kind, target)
+    target.write_bytes(DAMAGE[kind](DEMO_MODEL.read_bytes()))
     srv = LlamaServer(target, ServerOptions(n_ctx=512, n_threads=2))
     with pytest.raises(ModelLoadError) as caught:
         srv.start()

@@ -1,6 +1,6 @@
 """The /v1 routes: OpenAI's HTTP API over the appliance's own engine.
 
-`api_routes(get_services)` returns the Starlette routes that appliance_server.py mounts
+`Api(get_services).routes()` returns the Starlette routes that appliance_server.py mounts
 beside the Streamlit UI, on the same port. Every request goes through the same host,
 queue and resident model as the browser sessions (`Host.chat(..., source="api")`): a
 request for another model switches it the way the UI does, under the switch rule.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -226,11 +227,6 @@ class Api:
         return JSONResponse(fmt.completion_answer(ident, model, text, reply.finish(), use))
 
 
-def api_routes(get_services: Callable[[], Any]) -> list[BaseRoute]:
-    """The /v1 routes for appliance_server.py."""
-    return Api(get_services).routes()
-
-
 class _Reply:
     """A Generation read from async code, one piece at a time, cut at stop strings."""
 
@@ -369,8 +365,6 @@ def _engine_error(exc: ApplianceError) -> ApiError:
 
 
 def _created(added_at: str) -> int:
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(added_at).timestamp())
     except ValueError:

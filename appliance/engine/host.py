@@ -242,7 +242,7 @@ class Host:
         """(one vector per input, prompt tokens) from a GGUF model, loading it (or
         switching to it, as a chat would) first."""
         entry = self.library.get(model_id)
-        if not self.serves_in_parallel(model_id):
+        if backend_table.load_target(self._target(entry.backend)).runs_in != "server":
             raise InvalidChat(
                 f"Embeddings need a GGUF model run by llama.cpp; {entry.name} uses the "
                 f"{entry.backend} backend."

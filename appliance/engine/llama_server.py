@@ -314,8 +314,16 @@ class LlamaServer:
         self._reader = threading.Thread(target=self._read_log, daemon=True, name="llama-log")
         self._reader.start()
 
+    def _healthy(self) -> bool:
+        """Whether /health answers 200 yet (it needs no key; 503 while loading)."""
+        if not self.socket_path.exists():
+            return False
+        with contextlib.suppress(OSError, http.client.HTTPException, ServerLost):
+            status, _ = self.client(timeout_s=5.0).request("GET", "/health")
+            return status == 200
+        return False
+
     def _wait_ready(self, deadline: float) -> None:
-        client = self.client(timeout_s=5.0)
         assert self._proc is not None
         while True:
             if self.cpu_backend_path is None:
@@ -323,11 +331,8 @@ class LlamaServer:
                 self.cpu_backend_path = _mapped_cpu_backend(self._proc.pid)
             if self._proc.poll() is not None:
                 raise ModelLoadError(self._load_failure())
-            if self.socket_path.exists():
-                with contextlib.suppress(OSError, http.client.HTTPException, ServerLost):
-                    status, _ = client.request("GET", "/health")
-                    if status == 200:
-                        return
+            if self._healthy():
+                return
             if time.monotonic() > deadline:
                 last = self._reason() or (self.log_tail(1) or ["no output"])[0]
                 raise ModelLoadError(
@@ -650,11 +655,6 @@ class LlamaClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         return headers
-
-    @staticmethod
-    def abort_handle() -> Abort:
-        """A handle that ends the stream it is passed to (`abort=`) from any thread."""
-        return Abort()
 
     def _open(
         self, method: str, path: str, payload: Any = None, abort: Abort | None = None

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from appliance.engine.backends import load_target
 from appliance.engine.backends.base import Backend, LoadSpec, run_chat
 from appliance.engine.errors import EngineError
 from appliance.engine.generation import ChatRequest
@@ -118,8 +119,6 @@ class ServerRunner(Runner):
     @classmethod
     def load(cls, model_id: str, request: Load, progress: Any) -> ServerRunner:
         """Start the backend's server for the model (raises its EngineError)."""
-        from appliance.engine.backends import load_target
-
         backend = load_target(request.target)()
         spec = LoadSpec(request.path, request.entry, dict(request.options), request.api_key)
         try:

@@ -30,6 +30,7 @@ from appliance.engine import options as opts
 from appliance.engine.backends.base import Backend, Loaded, LoadSpec, Log, Message
 from appliance.engine.errors import GenerationError, InvalidChat
 from appliance.engine.llama_server import (
+    Abort,
     LlamaClient,
     LlamaServer,
     ServerHTTPError,
@@ -165,7 +166,7 @@ class LlamaSession(Backend):
         self.client = client
         self.template = template
         self._aborted = threading.Event()
-        self._abort = self.client.abort_handle()
+        self._abort = Abort()  # ends the stream it is passed to, from any thread
 
     def abort(self) -> None:
         self._aborted.set()
